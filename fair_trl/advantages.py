@@ -1,0 +1,447 @@
+"""Advantage estimators as plain functions and classes.
+
+Nothing here imports the trainer: each estimator maps a flat reward tensor in TRL's layout (each
+prompt's ``G`` completions contiguous, ``P * G`` entries) to one advantage per completion, so it can
+be checked against the FairGRPO paper (section 3) equation by equation and tested without a model.
+
+- :func:`grpo`: TRL's own group normalisation, reproduced op for op so that a run with it is
+  step-for-step identical to plain ``GRPOTrainer``.
+- :class:`FairGRPOAdvantage`: FairGRPO (eq. 1-2 and the batch renormalisation), with latent group
+  discovery for prompts whose demographics are unknown; ``use_demographics=False`` is FairGRPO-ND.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = ["FairGRPOAdvantage", "GroupStats", "grpo", "kmeans_elbow", "nanstd"]
+
+# TRL adds this to the group std before dividing (grpo_trainer.py, sum_then_normalize).
+TRL_STD_EPS = 1e-4
+
+
+def nanstd(x: torch.Tensor, dim: int | None = None) -> torch.Tensor:
+    """Unbiased std ignoring NaNs, with the same ops (and rounding) as ``trl.trainer.utils.nanstd``."""
+    mean = torch.nanmean(x, dim=dim, keepdim=True)
+    variance = torch.nanmean((x - mean) ** 2, dim=dim, keepdim=True)
+    count = torch.sum(~torch.isnan(x), dim=dim, keepdim=True)
+    correction = torch.where(count > 1, count / (count - 1), torch.full_like(variance, float("nan")))
+    std = torch.sqrt(variance * correction)
+    return std if dim is not None else std.reshape(())
+
+
+def grpo(
+    rewards: torch.Tensor, num_generations: int, scale_rewards: str = "group", eps: float = TRL_STD_EPS
+) -> torch.Tensor:
+    """GRPO advantages exactly as TRL 1.16 computes them (its ``"sum_then_normalize"`` aggregation).
+
+    ``A = (r - mean_prompt) / (std + eps)`` with the std taken per prompt (``"group"``), over the whole
+    batch (``"batch"``) or not at all (``"none"``). NaN rewards (completions no reward function could
+    score) are left out of the means and stds and get advantage 0.
+    """
+    if scale_rewards not in ("group", "batch", "none"):
+        raise ValueError(f"scale_rewards must be 'group', 'batch' or 'none', got {scale_rewards!r}")
+    grouped = _as_prompt_rows(rewards, num_generations)
+    mean = torch.nanmean(grouped, dim=1).repeat_interleave(num_generations, dim=0)
+    advantages = rewards - mean
+    if scale_rewards == "group":
+        std = (
+            nanstd(grouped, dim=1).squeeze(1).repeat_interleave(num_generations, dim=0)
+            if num_generations > 1
+            else torch.zeros_like(rewards)
+        )
+        advantages = advantages / (std + eps)
+    elif scale_rewards == "batch":
+        std = nanstd(rewards).expand_as(rewards) if rewards.numel() > 1 else torch.zeros_like(rewards)
+        advantages = advantages / (std + eps)
+    return torch.nan_to_num(advantages, nan=0.0)
+
+
+def _as_prompt_rows(rewards: torch.Tensor, num_generations: int) -> torch.Tensor:
+    if rewards.dim() != 1:
+        raise ValueError(f"rewards must be 1-D (P * G completions), got shape {tuple(rewards.shape)}")
+    if num_generations < 1 or rewards.numel() % num_generations:
+        raise ValueError(f"rewards has {rewards.numel()} entries, not a multiple of num_generations={num_generations}")
+    return rewards.view(-1, num_generations)
+
+
+@dataclass
+class GroupStats:
+    """Running sums for one domain or one (domain, group): enough for eq. 1 without keeping history."""
+
+    prompts: int = 0
+    reward_sum: float = 0.0
+    reward_count: int = 0
+
+    def add(self, reward_sum: float, reward_count: int) -> None:
+        self.prompts += 1
+        self.reward_sum += reward_sum
+        self.reward_count += reward_count
+
+    @property
+    def mean_reward(self) -> float:
+        return self.reward_sum / self.reward_count if self.reward_count else 0.0
+
+
+def temperature(num_prompts: float, mean_reward: float) -> float:
+    """Eq. 1: ``T = sqrt(N) * mean reward``.
+
+    The paper's rewards lie in [0, 1]; a negative mean (possible with penalty rewards) is clipped at 0
+    so that two negative temperatures cannot multiply into a large positive one.
+    """
+    return math.sqrt(num_prompts) * max(mean_reward, 0.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Latent group discovery
+# ---------------------------------------------------------------------------------------------
+
+
+def _weighted_kmeans(
+    points: np.ndarray, weights: np.ndarray, k: int, rng: np.random.Generator, max_iter: int = 100
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """Lloyd's k-means with k-means++ seeding on weighted points; returns (centres, labels, inertia).
+
+    Weights let the caller cluster the distinct feature vectors once each: with 0/1 rewards a pool of
+    thousands of prompts has at most G + 1 distinct vectors, so this is exact and much cheaper.
+    """
+    n = len(points)
+    probs = weights / weights.sum()
+    centres = [points[rng.choice(n, p=probs)]]
+    for _ in range(1, k):
+        d2 = np.min(((points[:, None, :] - np.asarray(centres)[None]) ** 2).sum(-1), axis=1)
+        mass = weights * d2
+        if mass.sum() <= 0:
+            break
+        centres.append(points[rng.choice(n, p=mass / mass.sum())])
+    centres_arr = np.asarray(centres, dtype=np.float64)
+    labels = np.full(n, -1)
+    for _ in range(max_iter):
+        d2 = ((points[:, None, :] - centres_arr[None]) ** 2).sum(-1)
+        new_labels = d2.argmin(axis=1)
+        if np.array_equal(new_labels, labels):
+            break
+        labels = new_labels
+        mass = np.bincount(labels, weights=weights, minlength=len(centres_arr))
+        sums = np.zeros_like(centres_arr)
+        np.add.at(sums, labels, points * weights[:, None])
+        filled = mass > 0  # an emptied cluster keeps its old centre
+        centres_arr[filled] = sums[filled] / mass[filled, None]
+    d2 = ((points[:, None, :] - centres_arr[None]) ** 2).sum(-1)
+    labels = d2.argmin(axis=1)
+    inertia = float((weights * d2[np.arange(n), labels]).sum())
+    return centres_arr, labels, inertia
+
+
+def kmeans_elbow(
+    features: np.ndarray,
+    max_k: int = 3,
+    threshold: float = 0.1,
+    seed: int = 0,
+    n_init: int = 3,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Cluster feature rows with k-means, k picked by the elbow rule; returns (centres, labels per row).
+
+    Elbow rule: fit k = 1, 2, ... and keep adding a cluster while it removes at least ``threshold``
+    times the inertia the previous step removed, counting the single cluster's inertia (the pool's
+    total scatter) as the first step. A pool with no spread therefore stays one cluster, and k never
+    exceeds the number of distinct rows or ``max_k``.
+    """
+    unique, inverse, counts = _unique_rows(features)
+    weights = counts.astype(np.float64)
+    rng = np.random.default_rng(seed)
+    k_limit = min(max_k, len(unique))
+
+    def best_fit(k: int) -> tuple[np.ndarray, np.ndarray, float]:
+        fits = [_weighted_kmeans(unique, weights, k, rng) for _ in range(n_init if k > 1 else 1)]
+        return min(fits, key=lambda fit: fit[2])
+
+    chosen = best_fit(1)
+    previous_drop = chosen[2]
+    for k in range(2, k_limit + 1):
+        if previous_drop <= 0:
+            break
+        candidate = best_fit(k)
+        drop = chosen[2] - candidate[2]
+        if drop < threshold * previous_drop:
+            break
+        chosen, previous_drop = candidate, drop
+    centres, unique_labels, _ = chosen
+    return centres, unique_labels[inverse]
+
+
+def _unique_rows(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(distinct rows, row -> distinct index, counts); a byte view sorts 10x faster than axis=0."""
+    x = np.ascontiguousarray(x, dtype=np.float64) + 0.0  # + 0.0 folds -0.0 into 0.0
+    rows = x.view(np.dtype((np.void, x.itemsize * x.shape[1]))).ravel()
+    _, first, inverse, counts = np.unique(rows, return_index=True, return_inverse=True, return_counts=True)
+    return x[first], inverse.reshape(-1), counts
+
+
+def rollout_features(rewards: np.ndarray, dim: int) -> np.ndarray:
+    """One order-free feature vector per prompt: its rollout rewards sorted, at ``dim`` quantile levels.
+
+    Rollouts are exchangeable samples, so their order means nothing; sorting makes the vector a
+    function of the multiset of rewards alone (the prompt's empirical quantile function). With every
+    rollout scored and ``dim == G`` the vector is exactly the sorted rewards; NaN rollouts are left
+    out and the quantiles interpolated from the rest, which also maps any G onto a fixed ``dim``.
+    """
+    levels = np.linspace(0.0, 1.0, dim)
+    valid = ~np.isnan(rewards)
+    if rewards.shape[1] == dim and valid.all():
+        return np.sort(rewards, axis=1)
+    out = np.empty((len(rewards), dim))
+    for i, row in enumerate(rewards):
+        scored = row[valid[i]]
+        out[i] = np.quantile(scored, levels) if scored.size else 0.0
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# FairGRPO
+# ---------------------------------------------------------------------------------------------
+
+
+class FairGRPOAdvantage:
+    """FairGRPO advantages (paper section 3), stateful across calls.
+
+    For prompt q with rollout rewards r_i, in domain g and demographic group gamma:
+
+    (i)   s_i = (r_i - mean(r)) / (std(r) + norm_epsilon)                  within-prompt normalisation
+    (ii)  gamma = the prompt's group, or for unlabeled prompts its k-means cluster of rollout-reward
+          vectors within the domain (elbow-chosen k <= max_clusters)
+    (iii) T_g = sqrt(N_g) * rbar_g,  T_gamma = sqrt(N_gamma) * rbar_gamma     eq. 1
+          s_i' = s_i / max(T_g * T_gamma, epsilon)                          eq. 2
+          A_i = s_i' / std(all s' in the batch)                              renormalisation
+
+    N counts prompts and rbar is the mean of all their rollout rewards, both cumulative over the run
+    (the current batch added before scaling) and kept as running sums. An unlabeled prompt's N and
+    rbar are its cluster's: the cluster's share of the domain's bounded pool of recent unlabeled
+    reward vectors times the number of unlabeled prompts the domain has had (the size the cluster
+    would have over the whole history, which is what the authors cluster), and the mean reward of its
+    centre. NaN rewards get advantage 0 and are left out of every statistic.
+    """
+
+    def __init__(
+        self,
+        use_demographics: bool = True,
+        epsilon: float = 1e-6,
+        norm_epsilon: float = 1e-6,
+        max_clusters: int = 3,
+        elbow_threshold: float = 0.1,
+        cluster_pool_size: int = 1024,
+        seed: int = 0,
+    ) -> None:
+        if epsilon <= 0 or norm_epsilon < 0:
+            raise ValueError(f"epsilon must be > 0 and norm_epsilon >= 0, got {epsilon}, {norm_epsilon}")
+        if max_clusters < 1:
+            raise ValueError(f"max_clusters must be >= 1, got {max_clusters}")
+        if cluster_pool_size < 1:
+            raise ValueError(f"cluster_pool_size must be >= 1, got {cluster_pool_size}")
+        self.use_demographics = use_demographics
+        self.epsilon = epsilon
+        self.norm_epsilon = norm_epsilon
+        self.max_clusters = max_clusters
+        self.elbow_threshold = elbow_threshold
+        self.cluster_pool_size = cluster_pool_size
+        self.seed = seed
+        self.reset()
+
+    def reset(self) -> None:
+        self.step = 0
+        self.feature_dim: int | None = None
+        self.domain_stats: dict[str, GroupStats] = {}
+        self.group_stats: dict[str, dict[str, GroupStats]] = {}
+        self.unlabeled_seen: dict[str, int] = {}
+        self.pools: dict[str, np.ndarray] = {}
+        self.last_info: dict[str, Any] = {}
+
+    # -- the estimator ------------------------------------------------------------------------
+
+    def __call__(
+        self,
+        rewards: torch.Tensor,
+        num_generations: int,
+        domains: Sequence[str],
+        groups: Sequence[str | None],
+    ) -> torch.Tensor:
+        grouped = _as_prompt_rows(rewards, num_generations)
+        r = grouped.detach().to("cpu", torch.float64).numpy()
+        prompt_domains = _per_prompt(domains, num_generations, len(r), "domains")
+        prompt_groups = _per_prompt(groups, num_generations, len(r), "groups")
+        if not self.use_demographics:
+            prompt_groups = [None] * len(r)
+        if self.feature_dim is None:
+            self.feature_dim = num_generations
+        self.step += 1
+
+        valid = ~np.isnan(r)
+        n_valid = valid.sum(axis=1)
+        reward_sums = np.where(valid, r, 0.0).sum(axis=1)
+        scored = n_valid > 0
+
+        s = self._normalise_within_prompt(r, valid, n_valid)
+        self._accumulate(prompt_domains, prompt_groups, reward_sums, n_valid, scored)
+        cluster_n, cluster_mean, n_clusters = self._discover_groups(r, prompt_domains, prompt_groups, scored)
+
+        divisors = np.ones(len(r))  # unscored prompts keep 1: their scores are all 0 anyway
+        for q in np.flatnonzero(scored):
+            domain, group = prompt_domains[q], prompt_groups[q]
+            stats = self.domain_stats[domain]
+            t_domain = temperature(stats.prompts, stats.mean_reward)
+            if group is None:
+                t_group = temperature(cluster_n[q], cluster_mean[q])
+            else:
+                g = self.group_stats[domain][group]
+                t_group = temperature(g.prompts, g.mean_reward)
+            divisors[q] = max(t_domain * t_group, self.epsilon)
+
+        scaled = s / divisors[:, None]
+        batch_std = float(np.std(scaled[valid], ddof=1)) if valid.sum() > 1 else 0.0
+        if batch_std > 0 and math.isfinite(batch_std):
+            advantages = scaled / batch_std
+        else:  # no prompt carries signal: every s is 0
+            advantages = np.zeros_like(scaled)
+            batch_std = 0.0
+        advantages[~valid] = 0.0
+
+        self._record_info(prompt_domains, divisors, batch_std, scored, n_clusters)
+        return torch.from_numpy(advantages.reshape(-1)).to(dtype=rewards.dtype, device=rewards.device)
+
+    def _normalise_within_prompt(self, r: np.ndarray, valid: np.ndarray, n_valid: np.ndarray) -> np.ndarray:
+        filled = np.where(valid, r, 0.0)
+        mean = filled.sum(axis=1) / np.maximum(n_valid, 1)
+        centred = np.where(valid, r - mean[:, None], 0.0)
+        # Unbiased std as torch.std and TRL use; a prompt with < 2 scored rollouts has none, so s = 0.
+        var = (centred**2).sum(axis=1) / np.maximum(n_valid - 1, 1)
+        s = centred / (np.sqrt(var)[:, None] + self.norm_epsilon)
+        s[n_valid < 2] = 0.0
+        return np.where(valid, s, 0.0)
+
+    def _accumulate(
+        self,
+        domains: list[str],
+        groups: list[str | None],
+        reward_sums: np.ndarray,
+        n_valid: np.ndarray,
+        scored: np.ndarray,
+    ) -> None:
+        for q in np.flatnonzero(scored):
+            domain, group = domains[q], groups[q]
+            total, count = float(reward_sums[q]), int(n_valid[q])
+            self.domain_stats.setdefault(domain, GroupStats()).add(total, count)
+            if group is None:
+                self.unlabeled_seen[domain] = self.unlabeled_seen.get(domain, 0) + 1
+            else:
+                self.group_stats.setdefault(domain, {}).setdefault(group, GroupStats()).add(total, count)
+
+    def _discover_groups(
+        self, r: np.ndarray, domains: list[str], groups: list[str | None], scored: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, int]:
+        """Cluster each domain's unlabeled prompts; return per-prompt cluster (N, mean reward)."""
+        cluster_n = np.zeros(len(r))
+        cluster_mean = np.zeros(len(r))
+        by_domain: dict[str, list[int]] = {}
+        for q in np.flatnonzero(scored):
+            if groups[q] is None:
+                by_domain.setdefault(domains[q], []).append(int(q))
+        n_clusters = 0
+        assert self.feature_dim is not None
+        for domain, members in by_domain.items():
+            features = rollout_features(r[members], self.feature_dim)
+            pool = self.pools.get(domain)
+            pool = features if pool is None else np.concatenate([pool, features])
+            pool = pool[-self.cluster_pool_size :]
+            self.pools[domain] = pool
+            centres, pool_labels = kmeans_elbow(
+                pool,
+                max_k=self.max_clusters,
+                threshold=self.elbow_threshold,
+                seed=_rng_seed(self.seed, self.step, domain),
+            )
+            share = np.bincount(pool_labels, minlength=len(centres)) / len(pool)
+            labels = ((features[:, None, :] - centres[None]) ** 2).sum(-1).argmin(axis=1)
+            cluster_n[members] = share[labels] * self.unlabeled_seen[domain]
+            cluster_mean[members] = centres[labels].mean(axis=1)
+            n_clusters += len(centres)
+        return cluster_n, cluster_mean, n_clusters
+
+    def _record_info(
+        self,
+        domains: list[str],
+        divisors: np.ndarray,
+        batch_std: float,
+        scored: np.ndarray,
+        n_clusters: int,
+    ) -> None:
+        # The factor each prompt's normalised scores were multiplied by: A = s * weight.
+        weight = 1.0 / (divisors * batch_std) if batch_std > 0 else np.zeros_like(divisors)
+        per_domain: dict[str, list[float]] = {}
+        for q in np.flatnonzero(scored):
+            per_domain.setdefault(domains[q], []).append(float(weight[q]))
+        self.last_info = {
+            "weight": {d: float(np.mean(w)) for d, w in per_domain.items()},
+            "batch_std": batch_std,
+            "num_clusters": n_clusters,
+        }
+
+    # -- state ----------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything the next call depends on, as JSON-serialisable built-in types."""
+        return {
+            "version": 1,
+            "step": self.step,
+            "feature_dim": self.feature_dim,
+            "domain_stats": {d: asdict(s) for d, s in self.domain_stats.items()},
+            "group_stats": {d: {g: asdict(s) for g, s in gs.items()} for d, gs in self.group_stats.items()},
+            "unlabeled_seen": dict(self.unlabeled_seen),
+            "pools": {d: pool.tolist() for d, pool in self.pools.items()},
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("version") != 1:
+            raise ValueError(f"unsupported FairGRPOAdvantage state version {state.get('version')!r}")
+        self.step = int(state["step"])
+        self.feature_dim = state["feature_dim"]
+        self.domain_stats = {d: GroupStats(**s) for d, s in state["domain_stats"].items()}
+        self.group_stats = {d: {g: GroupStats(**s) for g, s in gs.items()} for d, gs in state["group_stats"].items()}
+        self.unlabeled_seen = {d: int(n) for d, n in state["unlabeled_seen"].items()}
+        self.pools = {
+            d: np.asarray(pool, dtype=np.float64).reshape(-1, self.feature_dim or 0)
+            for d, pool in state["pools"].items()
+        }
+
+
+def _per_prompt(values: Sequence[Any], num_generations: int, num_prompts: int, name: str) -> list[Any]:
+    """One value per prompt from a per-completion sequence, insisting all G copies agree."""
+    values = list(values)
+    if len(values) != num_prompts * num_generations:
+        raise ValueError(
+            f"{name} has {len(values)} entries but rewards has {num_prompts * num_generations} "
+            f"({num_prompts} prompts x {num_generations} generations)"
+        )
+    per_prompt = values[::num_generations]
+    if all(values[j::num_generations] == per_prompt for j in range(1, num_generations)):
+        return per_prompt
+    for q, value in enumerate(per_prompt):
+        block = values[q * num_generations : (q + 1) * num_generations]
+        if any(v != value for v in block):
+            raise ValueError(
+                f"{name} differ within prompt {q} (completions {q * num_generations}-"
+                f"{(q + 1) * num_generations - 1}): {sorted(set(map(str, block)))}; each prompt's "
+                "completions must share one value"
+            )
+    return per_prompt
+
+
+def _rng_seed(seed: int, step: int, domain: str) -> list[int]:
+    # Derived from state, not a global RNG, so every rank and a resumed run draw the same inits.
+    return [seed, step, zlib.crc32(str(domain).encode())]

@@ -1,0 +1,101 @@
+"""`FairGRPOConfig`: TRL's `GRPOConfig` plus the fields FairGRPO needs, documented like TRL's own."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from trl import GRPOConfig
+
+from fair_trl.groups import GroupKeyer
+
+ADVANTAGE_ESTIMATORS = ("grpo", "fair_grpo", "fair_grpo_nd")
+
+
+@dataclass
+class FairGRPOConfig(GRPOConfig):
+    r"""
+    Configuration for [`FairGRPOTrainer`]: every [`~trl.GRPOConfig`] field, plus the ones below.
+
+    Parameters:
+        advantage_estimator (`str`, defaults to `"fair_grpo"`):
+            `"grpo"` (TRL's own advantages), `"fair_grpo"` or `"fair_grpo_nd"` (FairGRPO without
+            demographics: every prompt's group is discovered by clustering).
+        domain_column (`str` or `None`, defaults to `"dataset"`):
+            Dataset column naming each row's domain (the source dataset). `None` puts every row in one domain.
+        demographic_columns (`list[str]`, defaults to `["sex", "age"]`):
+            Dataset columns whose values, intersected, form a row's demographic group.
+        age_bins (`list[float]`, defaults to `[25, 50, 75]`):
+            Upper bounds of the age bins a1, a2, ...; ages above the last bound form the last bin.
+        max_age (`float`, defaults to `120`):
+            Ages above this are treated as invalid (missing) and counted.
+        fair_epsilon (`float`, defaults to `1e-6`):
+            Floor on the product of the domain and group temperatures (eq. 2).
+        fair_norm_epsilon (`float`, defaults to `1e-6`):
+            Added to each prompt's reward std in the within-prompt normalisation.
+        cluster_max_k (`int`, defaults to `3`):
+            Most latent groups k-means may find per domain among prompts with unknown demographics.
+        cluster_elbow_threshold (`float`, defaults to `0.1`):
+            Elbow rule: add a cluster while it removes at least this fraction of the previous step's inertia drop.
+        cluster_pool_size (`int`, defaults to `1024`):
+            Most recent unlabeled prompts per domain that clustering sees; bounds the estimator's state.
+    """
+
+    advantage_estimator: str = field(
+        default="fair_grpo",
+        metadata={
+            "help": "Advantage estimator: 'grpo' (TRL's group normalisation), 'fair_grpo' (FairGRPO), or "
+            "'fair_grpo_nd' (FairGRPO without demographics: groups are discovered by clustering).",
+            "choices": list(ADVANTAGE_ESTIMATORS),
+        },
+    )
+    domain_column: str | None = field(
+        default="dataset",
+        metadata={"help": "Dataset column naming each row's domain. None puts every row in one domain."},
+    )
+    demographic_columns: list[str] = field(
+        default_factory=lambda: ["sex", "age"],
+        metadata={"help": "Dataset columns whose values, intersected, form a row's demographic group."},
+    )
+    age_bins: list[float] = field(
+        default_factory=lambda: [25, 50, 75],
+        metadata={"help": "Upper bounds of the age bins a1, a2, ...; older ages form the last bin."},
+    )
+    max_age: float = field(
+        default=120, metadata={"help": "Ages above this are invalid: treated as missing and counted."}
+    )
+    fair_epsilon: float = field(
+        default=1e-6, metadata={"help": "Floor on the product of domain and group temperatures (eq. 2)."}
+    )
+    fair_norm_epsilon: float = field(
+        default=1e-6, metadata={"help": "Added to each prompt's reward std in the within-prompt normalisation."}
+    )
+    cluster_max_k: int = field(
+        default=3, metadata={"help": "Most latent groups per domain that k-means may find (elbow-chosen)."}
+    )
+    cluster_elbow_threshold: float = field(
+        default=0.1,
+        metadata={"help": "Elbow rule: add a cluster while it removes at least this fraction of the last drop."},
+    )
+    cluster_pool_size: int = field(
+        default=1024,
+        metadata={"help": "Most recent unlabeled prompts per domain that clustering sees (bounds state)."},
+    )
+
+    def __post_init__(self) -> None:
+        if self.advantage_estimator not in ADVANTAGE_ESTIMATORS:
+            raise ValueError(
+                f"advantage_estimator={self.advantage_estimator!r} is not one of {list(ADVANTAGE_ESTIMATORS)}"
+            )
+        if isinstance(self.demographic_columns, str):
+            self.demographic_columns = [self.demographic_columns]
+        self.demographic_columns = list(self.demographic_columns)
+        self.age_bins = [float(b) for b in self.age_bins]
+        # Fail on a bad bin list or column name now, not on the first batch.
+        GroupKeyer(self.demographic_columns, self.age_bins, self.max_age)
+        if self.advantage_estimator != "grpo" and self.multi_objective_aggregation != "sum_then_normalize":
+            raise ValueError(
+                f"advantage_estimator={self.advantage_estimator!r} needs multi_objective_aggregation="
+                f"'sum_then_normalize' (got {self.multi_objective_aggregation!r}): FairGRPO scales each prompt's "
+                "summed reward"
+            )
+        super().__post_init__()

@@ -1,0 +1,321 @@
+"""Demographic attributes -> group keys for fairness-aware training and metrics.
+
+Every batch row is mapped to a group key such as ``"sex=F|age=a3"``: the intersection of the configured
+attributes that are known for that row. The rules follow what public clinical releases actually contain:
+
+* Missing demographics are written as blanks, ``"unknown"``/``"n/a"``-style tokens, NaN, or an age of 0
+  (a placeholder, not a newborn). Missing means "unknown": the attribute is left out of the key, it is
+  neither its own group nor an error.
+* Invalid values (negative or implausibly large ages, free text, unknown sex codes) are data bugs. They
+  must not crash a long training run, so they are counted, logged once per column, and then treated as
+  missing.
+* Ages fall into the paper's bins a1 (<= 25), a2 (26-50), a3 (51-75), a4 (> 75); the bounds are
+  configurable. DICOM age strings (``"053Y"``, ``"006M"``) are accepted because image-derived metadata
+  often carries them verbatim.
+"""
+
+from __future__ import annotations
+
+import bisect
+import functools
+import logging
+import math
+import numbers
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Literal
+
+import numpy as np
+
+__all__ = [
+    "DEFAULT_AGE_BINS",
+    "DEFAULT_MAX_AGE",
+    "MISSING_TOKENS",
+    "GroupKeyer",
+    "InvalidDemographic",
+    "age_bin",
+    "column_kind",
+    "parse_age",
+    "parse_category",
+    "parse_sex",
+]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_AGE_BINS: tuple[float, ...] = (25, 50, 75)
+DEFAULT_MAX_AGE: float = 120
+
+# Compared after strip() + lower(); these are the spellings used for "unknown" across clinical releases.
+MISSING_TOKENS: frozenset[str] = frozenset({"", "unknown", "unk", "n/a", "na", "none", "nan"})
+# A bare "U" is the DICOM PatientSex code for unknown; it only means that in a sex column.
+_SEX_MISSING_TOKENS: frozenset[str] = MISSING_TOKENS | {"u"}
+_SEX_FEMALE: frozenset[str] = frozenset({"f", "female", "woman", "women", "girl"})
+_SEX_MALE: frozenset[str] = frozenset({"m", "male", "man", "men", "boy"})
+
+# Plain decimal numbers only: float() would also accept "1_000", "infinity" or "nan" spelled oddly, and
+# those are data bugs rather than ages.
+_NUMBER_RE = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
+# DICOM AS value representation is "nnnU"; exports sometimes drop the zero padding, so 1-3 digits.
+_DICOM_AGE_RE = re.compile(r"(\d{1,3})([DWMY])", re.IGNORECASE)
+_DAYS_PER_YEAR = 365.25
+_DICOM_UNIT_TO_YEARS = {"D": 1 / _DAYS_PER_YEAR, "W": 7 / _DAYS_PER_YEAR, "M": 1 / 12, "Y": 1.0}
+
+# Group keys are "col=value" joined by "|", so these characters must not appear inside values.
+_KEY_SEPARATORS = re.compile(r"[|=]")
+
+
+class InvalidDemographic(ValueError):
+    """A demographic value that is present but cannot be a real value (as opposed to missing)."""
+
+
+ColumnKind = Literal["age", "sex", "category"]
+
+
+def column_kind(column: str) -> ColumnKind:
+    """Which parser a column gets, from its name (case-insensitive)."""
+    name = column.lower()
+    # Releases name it "age", "Age", "age_approx", "age_at_scan", ...
+    # "age", "age_approx", "AgeAtScan", but not "agency": a lower-case letter after "age" ends the match.
+    if re.match(r"(?i:age)(?![a-z])", column):
+        return "age"
+    if name in ("sex", "gender"):
+        return "sex"
+    return "category"
+
+
+def _is_nan(value: Any) -> bool:
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        try:
+            return math.isnan(float(value))
+        except (TypeError, ValueError, OverflowError):
+            return False
+    return False
+
+
+def _as_text(value: Any) -> str | None:
+    """Text form of string-like values, None for anything else."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bytes | bytearray):
+        return bytes(value).decode("utf-8", errors="replace")
+    return None
+
+
+def parse_age(value: Any, max_age: float = DEFAULT_MAX_AGE) -> float | None:
+    """Parse an age in years.
+
+    Returns None for missing values (None, NaN, blank, "unknown"-style tokens, 0) and raises
+    InvalidDemographic for values that are present but not a plausible age.
+    """
+    if value is None or _is_nan(value):
+        return None
+    # bool is an int subclass, but True is never a meaningful age.
+    if isinstance(value, bool | np.bool_):
+        raise InvalidDemographic(f"invalid age {value!r}: booleans are not ages")
+
+    text = _as_text(value)
+    if text is not None:
+        stripped = text.strip()
+        if stripped.lower() in MISSING_TOKENS:
+            return None
+        if _NUMBER_RE.fullmatch(stripped):
+            age = float(stripped)
+        elif match := _DICOM_AGE_RE.fullmatch(stripped):
+            age = int(match.group(1)) * _DICOM_UNIT_TO_YEARS[match.group(2).upper()]
+        else:
+            raise InvalidDemographic(f"invalid age {value!r}: not a number or DICOM age string (e.g. '053Y')")
+    else:
+        try:
+            age = float(value)
+        except (TypeError, ValueError, OverflowError):
+            raise InvalidDemographic(f"invalid age {value!r}: not a number") from None
+
+    if math.isnan(age):
+        return None
+    if not math.isfinite(age):
+        raise InvalidDemographic(f"invalid age {value!r}: not finite")
+    # Many releases write 0 for "not recorded"; a true age-0 patient is indistinguishable and rare.
+    if age == 0:
+        return None
+    if age < 0:
+        raise InvalidDemographic(f"invalid age {value!r}: negative")
+    if age > max_age:
+        raise InvalidDemographic(f"invalid age {value!r}: above max_age={max_age}")
+    return age
+
+
+def parse_sex(value: Any) -> str | None:
+    """Normalise sex/gender to "F" or "M".
+
+    Returns None for missing values and raises InvalidDemographic for anything else unrecognised
+    (e.g. "Other", "X", numeric codes whose meaning differs between releases).
+    """
+    if value is None or _is_nan(value):
+        return None
+    text = _as_text(value)
+    if text is None:
+        raise InvalidDemographic(f"invalid sex {value!r}: expected a string such as 'F' or 'male'")
+    token = text.strip().lower()
+    if token in _SEX_MISSING_TOKENS:
+        return None
+    if token in _SEX_FEMALE:
+        return "F"
+    if token in _SEX_MALE:
+        return "M"
+    raise InvalidDemographic(f"invalid sex {value!r}: expected F/M, female/male or an unknown marker")
+
+
+def parse_category(value: Any) -> str | None:
+    """Normalise a generic categorical attribute: the stripped string, or None when missing.
+
+    The value is otherwise kept verbatim, except that "|" and "=" become "_" so group keys stay
+    unambiguous. Never raises: any value has a string form.
+    """
+    if value is None or _is_nan(value):
+        return None
+    text = _as_text(value)
+    stripped = (text if text is not None else str(value)).strip()
+    if stripped.lower() in MISSING_TOKENS:
+        return None
+    return _KEY_SEPARATORS.sub("_", stripped)
+
+
+@functools.lru_cache(maxsize=64)
+def _checked_bins(bins: tuple[Any, ...]) -> tuple[float, ...]:
+    if not bins:
+        raise ValueError("age bins must be a non-empty sequence of upper bounds")
+    checked: list[float] = []
+    for bound in bins:
+        if isinstance(bound, bool | np.bool_) or not isinstance(bound, numbers.Real):
+            raise ValueError(f"age bin bound {bound!r} is not a number")
+        as_float = float(bound)
+        if not math.isfinite(as_float):
+            raise ValueError(f"age bin bound {bound!r} is not finite")
+        if checked and as_float <= checked[-1]:
+            raise ValueError(f"age bin bound {bound!r} is not greater than the previous bound {checked[-1]!r}")
+        checked.append(as_float)
+    return tuple(checked)
+
+
+def _validate_bins(bins: Sequence[float]) -> tuple[float, ...]:
+    if isinstance(bins, str | bytes) or not isinstance(bins, Iterable):
+        raise ValueError(f"age bins must be a sequence of upper bounds, got {bins!r}")
+    return _checked_bins(tuple(bins))
+
+
+def _bin_label(age: float, bins: tuple[float, ...]) -> str:
+    # bisect_left gives the index of the first bound >= age, i.e. bounds are inclusive upper limits.
+    return f"a{bisect.bisect_left(bins, age) + 1}"
+
+
+def age_bin(age: float, bins: Sequence[float] = DEFAULT_AGE_BINS) -> str:
+    """Bin label ("a1".."a{n+1}") of an already parsed age; bins are inclusive upper bounds."""
+    checked = _validate_bins(bins)
+    if isinstance(age, bool | np.bool_) or not isinstance(age, numbers.Real) or not math.isfinite(age):
+        # NaN would silently land in the last bin; parse_age never returns it, so this is a caller bug.
+        raise ValueError(f"age {age!r} must be a finite number; parse it with parse_age first")
+    return _bin_label(float(age), checked)
+
+
+class GroupKeyer:
+    """Maps rows to intersectional group keys like "sex=F|age=a3", counting missing and invalid values.
+
+    Invalid values never raise: a single bad row must not stop training. The first one per column is
+    logged as a warning and all are counted, so summary() can report data quality at the end.
+    """
+
+    def __init__(
+        self,
+        columns: Sequence[str] = ("sex", "age"),
+        age_bins: Sequence[float] = DEFAULT_AGE_BINS,
+        max_age: float = DEFAULT_MAX_AGE,
+    ) -> None:
+        if isinstance(columns, str):
+            # A bare string would otherwise be split into one-letter columns.
+            columns = (columns,)
+        columns = tuple(columns)
+        if not columns:
+            raise ValueError("GroupKeyer needs at least one column")
+        for column in columns:
+            if not isinstance(column, str) or not column:
+                raise ValueError(f"column names must be non-empty strings, got {column!r}")
+            if _KEY_SEPARATORS.search(column):
+                raise ValueError(f"column name {column!r} contains '|' or '=', which would make keys ambiguous")
+        duplicates = sorted({c for c in columns if columns.count(c) > 1})
+        if duplicates:
+            raise ValueError(f"duplicate columns: {duplicates!r}")
+        if (
+            isinstance(max_age, bool)
+            or not isinstance(max_age, numbers.Real)
+            or not (math.isfinite(max_age) and max_age > 0)
+        ):
+            raise ValueError(f"max_age must be a positive finite number, got {max_age!r}")
+
+        self.columns: tuple[str, ...] = columns
+        self.age_bins: tuple[float, ...] = _validate_bins(age_bins)
+        self.max_age: float = float(max_age)
+        self.kinds: dict[str, ColumnKind] = {c: column_kind(c) for c in columns}
+        self.invalid_counts: dict[str, int] = dict.fromkeys(columns, 0)
+        self.missing_counts: dict[str, int] = dict.fromkeys(columns, 0)
+        self.rows_seen: int = 0
+        self.rows_without_key: int = 0
+        self._warned: set[str] = set()
+
+    def __repr__(self) -> str:
+        name = type(self).__name__
+        return f"{name}(columns={self.columns!r}, age_bins={self.age_bins!r}, max_age={self.max_age!r})"
+
+    def _normalise(self, column: str, value: Any) -> str | None:
+        kind = self.kinds.get(column) or column_kind(column)
+        if kind == "age":
+            age = parse_age(value, max_age=self.max_age)
+            return None if age is None else _bin_label(age, self.age_bins)
+        if kind == "sex":
+            return parse_sex(value)
+        return parse_category(value)
+
+    def attribute(self, column: str, value: Any) -> str | None:
+        """Normalised value of one attribute ("F", "a3", ...); None when missing or invalid (both counted)."""
+        try:
+            normalised = self._normalise(column, value)
+        except InvalidDemographic as err:
+            self.invalid_counts[column] = self.invalid_counts.get(column, 0) + 1
+            if column not in self._warned:
+                self._warned.add(column)
+                logger.warning(
+                    "Column %r has an invalid value %r (%s); treating it as missing. "
+                    "Further invalid values in this column are only counted.",
+                    column,
+                    value,
+                    err,
+                )
+            return None
+        if normalised is None:
+            self.missing_counts[column] = self.missing_counts.get(column, 0) + 1
+        return normalised
+
+    def key(self, row: Mapping[str, Any]) -> str | None:
+        """Group key of one row: present attributes as "col=value" in column order, or None if none."""
+        parts = []
+        for column in self.columns:
+            # An absent column is just missing for this row; the trainer checks dataset columns up front.
+            value = self.attribute(column, row.get(column))
+            if value is not None:
+                parts.append(f"{column}={value}")
+        self.rows_seen += 1
+        if not parts:
+            self.rows_without_key += 1
+            return None
+        return "|".join(parts)
+
+    def keys(self, rows: Iterable[Mapping[str, Any]]) -> list[str | None]:
+        return [self.key(row) for row in rows]
+
+    def summary(self) -> dict[str, Any]:
+        """Counts so far (copies, safe to log or serialise)."""
+        return {
+            "rows": self.rows_seen,
+            "rows_without_key": self.rows_without_key,
+            "missing": dict(self.missing_counts),
+            "invalid": dict(self.invalid_counts),
+        }

@@ -1,0 +1,198 @@
+"""`FairGRPOTrainer`: TRL's `GRPOTrainer` with its advantages replaced through one seam.
+
+TRL 1.16 computes advantages inline in `_generate_and_score_completions`, with no hook. TRL's
+maintainers advise subclassing that method and returning the same output with new advantages;
+this module does that with the least code it can: it keeps the gathered per-function rewards TRL
+already computed (`_calculate_rewards`), sums them exactly as TRL does, hands them to
+`_compute_advantages`, and puts the result back into the output and into the completions table.
+All advantage math lives in `fair_trl.advantages`.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from accelerate.utils import gather_object
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+from trl import GRPOTrainer
+
+from fair_trl.advantages import FairGRPOAdvantage, grpo
+from fair_trl.config import FairGRPOConfig
+from fair_trl.groups import GroupKeyer
+
+logger = logging.getLogger(__name__)
+
+ESTIMATOR_STATE_FILE = "fair_grpo_state.json"
+UNKNOWN_DOMAIN = "unknown"
+
+
+class FairGRPOTrainer(GRPOTrainer):
+    """`GRPOTrainer` whose advantages come from `FairGRPOConfig.advantage_estimator`.
+
+    Takes exactly `GRPOTrainer`'s arguments; `args` must be a `FairGRPOConfig` (or None for defaults).
+    The train dataset's domain and demographic columns (named in the config) reach each batch row
+    because TRL keeps unused columns by default.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        bound = inspect.signature(GRPOTrainer.__init__).bind(self, *args, **kwargs)
+        config = bound.arguments.get("args")
+        if config is None:
+            model = bound.arguments["model"]
+            name = model if isinstance(model, str) else model.config._name_or_path
+            config = FairGRPOConfig(f"{str(name).rstrip('/').split('/')[-1]}-FairGRPO")
+            bound.arguments["args"] = config
+        elif not isinstance(config, FairGRPOConfig):
+            raise TypeError(f"FairGRPOTrainer needs args=FairGRPOConfig(...), got {type(config).__name__}")
+        if config.advantage_estimator != "grpo":
+            _check_columns(bound.arguments.get("train_dataset"), config)
+
+        super().__init__(*bound.args[1:], **bound.kwargs)
+
+        self.group_keyer = GroupKeyer(config.demographic_columns, config.age_bins, config.max_age)
+        self.fair_estimator: FairGRPOAdvantage | None = None
+        if config.advantage_estimator != "grpo":
+            self.fair_estimator = FairGRPOAdvantage(
+                use_demographics=config.advantage_estimator == "fair_grpo",
+                epsilon=config.fair_epsilon,
+                norm_epsilon=config.fair_norm_epsilon,
+                max_clusters=config.cluster_max_k,
+                elbow_threshold=config.cluster_elbow_threshold,
+                cluster_pool_size=config.cluster_pool_size,
+                seed=config.seed,
+            )
+        self._last_rewards_per_func: torch.Tensor | None = None
+
+    # -- the seam -------------------------------------------------------------------------------
+
+    def _compute_advantages(self, rewards: torch.Tensor, inputs: list[dict[str, Any]]) -> torch.Tensor:
+        """Advantages of every completion in the global batch, in the order of `rewards`.
+
+        `rewards`: the summed reward of each completion, gathered from all processes (NaN where no
+        reward function could score it). `inputs`: this process's rows. The caller slices its part.
+        """
+        if self.fair_estimator is None:
+            return grpo(rewards, self.num_generations, scale_rewards=self.scale_rewards)
+        domains, groups = self._gather_group_metadata(inputs)
+        advantages = self.fair_estimator(rewards, self.num_generations, domains, groups)
+        self._log_estimator_step(groups)
+        return advantages
+
+    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+        # Kept so `_generate_and_score_completions` can rebuild the rewards TRL normalised.
+        self._last_rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        return self._last_rewards_per_func
+
+    def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
+        output = super()._generate_and_score_completions(inputs)
+        # Evaluation batches keep TRL's advantages: they train nothing and must not move the
+        # estimator's running statistics. A "grpo" run with per-function normalisation is TRL's own.
+        if not self.model.training or (
+            self.fair_estimator is None and self.multi_objective_aggregation != "sum_then_normalize"
+        ):
+            return output
+        rewards = self._summed_rewards()
+        advantages = self._compute_advantages(rewards, inputs).to(rewards.device)
+        start = self.accelerator.process_index * len(inputs)
+        output["advantages"] = advantages[start : start + len(inputs)]
+        self._replace_logged_advantages(advantages.tolist())
+        return output
+
+    def _summed_rewards(self) -> torch.Tensor:
+        """The same weighted sum TRL's "sum_then_normalize" path forms, NaN for unscorable rows."""
+        per_func = self._last_rewards_per_func
+        assert per_func is not None, "_calculate_rewards did not run"
+        unscorable = torch.isnan(per_func).all(dim=1)
+        rewards = (per_func * self.reward_weights.to(per_func.device).unsqueeze(0)).nansum(dim=1)
+        rewards[unscorable] = torch.nan
+        return rewards
+
+    def _replace_logged_advantages(self, advantages: list[float]) -> None:
+        # TRL appended its own advantages for this batch to the completions table before we replaced
+        # them; overwrite that tail so the table shows what is trained on.
+        logged = self._logs["advantages"]
+        count = min(len(logged), len(advantages))
+        for i in range(1, count + 1):
+            logged[-i] = advantages[-i]
+
+    # -- group metadata -------------------------------------------------------------------------
+
+    def _gather_group_metadata(self, inputs: list[dict[str, Any]]) -> tuple[list[str], list[str | None]]:
+        """Per-completion domains and group keys of the global batch, identical on every rank."""
+        domain_column = self.args.domain_column
+        local = [
+            (_domain_of(row, domain_column), {c: row.get(c) for c in self.args.demographic_columns}) for row in inputs
+        ]
+        # Raw values are gathered and keyed on every rank, so keys and invalid-value counts agree.
+        # Each prompt's G completions are contiguous copies of one row: key (and count) it once.
+        rows = gather_object(local)
+        g = self.num_generations
+        domains = [domain for domain, _ in rows]
+        prompt_groups = self.group_keyer.keys(demographics for _, demographics in rows[::g])
+        return domains, [group for group in prompt_groups for _ in range(g)]
+
+    def _log_estimator_step(self, groups: list[str | None]) -> None:
+        assert self.fair_estimator is not None
+        info = self.fair_estimator.last_info
+        metrics = self._metrics["train"]
+        for domain, weight in info["weight"].items():
+            metrics[f"fair/weight/{domain}"].append(weight)
+        metrics["fair/num_clusters"].append(float(info["num_clusters"]))
+        metrics["fair/unknown_group_frac"].append(sum(g is None for g in groups) / max(len(groups), 1))
+        summary = self.group_keyer.summary()
+        metrics["fair/invalid_demographics"].append(float(sum(summary["invalid"].values())))
+
+    # -- checkpoints ----------------------------------------------------------------------------
+
+    def _save_checkpoint(self, model, trial):
+        super()._save_checkpoint(model, trial)
+        if self.fair_estimator is not None and self.args.should_save:
+            folder = os.path.join(
+                self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+            )
+            with open(os.path.join(folder, ESTIMATOR_STATE_FILE), "w") as f:
+                json.dump(self.fair_estimator.state_dict(), f)
+
+    def _load_optimizer_and_scheduler(self, checkpoint):
+        super()._load_optimizer_and_scheduler(checkpoint)
+        if self.fair_estimator is None or checkpoint is None:
+            return
+        path = os.path.join(checkpoint, ESTIMATOR_STATE_FILE)
+        if not os.path.exists(path):
+            logger.warning(
+                "%s has no %s: FairGRPO's running statistics start afresh from this resume",
+                checkpoint,
+                ESTIMATOR_STATE_FILE,
+            )
+            return
+        with open(path) as f:
+            self.fair_estimator.load_state_dict(json.load(f))
+
+
+def _domain_of(row: Mapping[str, Any], column: str | None) -> str:
+    if column is None:
+        return "all"
+    value = row.get(column)
+    if value is None or (isinstance(value, float) and value != value) or str(value).strip() == "":
+        return UNKNOWN_DOMAIN
+    return str(value).strip()
+
+
+def _check_columns(dataset: Any, config: FairGRPOConfig) -> None:
+    """Fail at construction, not mid-run, when a configured column is missing from the train data."""
+    columns = getattr(dataset, "column_names", None)
+    if columns is None:  # IterableDataset with unknown features, or no dataset: checked per row later
+        return
+    wanted = ([config.domain_column] if config.domain_column else []) + list(config.demographic_columns)
+    for column in wanted:
+        if column not in columns:
+            field = "domain_column" if column == config.domain_column else "demographic_columns"
+            raise ValueError(
+                f"train_dataset has no column {column!r} (FairGRPOConfig.{field}); its columns are {sorted(columns)}"
+            )

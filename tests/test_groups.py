@@ -1,0 +1,495 @@
+import logging
+import math
+
+import numpy as np
+import pytest
+
+from fair_trl.groups import (
+    GroupKeyer,
+    InvalidDemographic,
+    age_bin,
+    column_kind,
+    parse_age,
+    parse_category,
+    parse_sex,
+)
+
+LOGGER = "fair_trl.groups"
+
+
+# --- age bins -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("age", "label"),
+    [
+        (0.5, "a1"),
+        (1, "a1"),
+        (25, "a1"),
+        (25.0, "a1"),
+        (25.5, "a2"),
+        (26, "a2"),
+        (50, "a2"),
+        (51, "a3"),
+        (75, "a3"),
+        (76, "a4"),
+        (120, "a4"),
+        (np.int64(51), "a3"),
+        (np.float32(76.0), "a4"),
+    ],
+)
+def test_age_bin_default(age, label):
+    assert age_bin(age) == label
+
+
+@pytest.mark.parametrize(
+    ("age", "bins", "label"),
+    [
+        (40, (40,), "a1"),
+        (41, (40,), "a2"),
+        (10, [18, 65], "a1"),
+        (18, [18, 65], "a1"),
+        (30, [18, 65], "a2"),
+        (66, [18, 65], "a3"),
+        (5, (10, 20, 30, 40, 50), "a1"),
+        (45, (10, 20, 30, 40, 50), "a5"),
+        (99, (10, 20, 30, 40, 50), "a6"),
+        (30, np.array([25, 50, 75]), "a2"),
+        (12.5, (12.5, 13), "a1"),
+    ],
+)
+def test_age_bin_custom(age, bins, label):
+    assert age_bin(age, bins) == label
+
+
+@pytest.mark.parametrize(
+    ("bins", "named"),
+    [
+        ((), "non-empty"),
+        ([], "non-empty"),
+        ((50, 25), "25"),
+        ((25, 25), "25"),
+        ((25, float("inf")), "inf"),
+        ((float("nan"),), "nan"),
+        ((25, "50"), "'50'"),
+        ((True,), "True"),
+        ("25", "'25'"),
+        (None, "None"),
+    ],
+)
+def test_invalid_bins_raise(bins, named):
+    with pytest.raises(ValueError, match=named):
+        age_bin(30, bins)
+    with pytest.raises(ValueError, match=named):
+        GroupKeyer(age_bins=bins)
+
+
+@pytest.mark.parametrize("age", [float("nan"), float("inf"), None, "45", True])
+def test_age_bin_rejects_unparsed(age):
+    with pytest.raises(ValueError):
+        age_bin(age)
+
+
+# --- parse_age ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (45, 45.0),
+        (45.5, 45.5),
+        (np.int32(45), 45.0),
+        (np.float64(45.0), 45.0),
+        ("45", 45.0),
+        (" 45.0 ", 45.0),
+        ("+45", 45.0),
+        ("4.5e1", 45.0),
+        (b"45", 45.0),
+        ("120", 120.0),
+        (120, 120.0),
+        ("053", 53.0),
+        ("053Y", 53.0),
+        ("053y", 53.0),
+        ("53Y", 53.0),
+        (" 080Y ", 80.0),
+        ("006M", 0.5),
+        ("018M", 1.5),
+        ("052W", 52 * 7 / 365.25),
+        ("010D", 10 / 365.25),
+    ],
+)
+def test_parse_age_valid(value, expected):
+    assert parse_age(value) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        None,
+        float("nan"),
+        np.nan,
+        np.float32("nan"),
+        "",
+        "   ",
+        "\t\n",
+        "unknown",
+        "Unknown",
+        "UNK",
+        "n/a",
+        "N/A",
+        "NA",
+        "none",
+        "None",
+        "nan",
+        "NaN",
+        0,
+        0.0,
+        "0",
+        " 0.0 ",
+        "-0",
+        "000Y",
+        "000M",
+    ],
+)
+def test_parse_age_missing(value):
+    assert parse_age(value) is None
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        -5,
+        "-5",
+        -0.5,
+        200,
+        "200",
+        120.5,
+        "121Y",
+        "abc",
+        "45 years",
+        "45years",
+        "45,5",
+        "1_000",
+        "053Z",
+        "Y",
+        float("inf"),
+        float("-inf"),
+        "inf",
+        "Infinity",
+        True,
+        False,
+        np.bool_(True),
+        10**400,
+        [45],
+        {"age": 45},
+        object(),
+        complex(45, 0),
+    ],
+)
+def test_parse_age_invalid(value):
+    with pytest.raises(InvalidDemographic) as err:
+        parse_age(value)
+    assert isinstance(err.value, ValueError)
+    # The message must name the offending value so a log line is actionable.
+    assert repr(value)[:20] in str(err.value)
+
+
+@pytest.mark.parametrize(("value", "max_age", "ok"), [(95, 90, False), (90, 90, True), ("150", 200, True)])
+def test_parse_age_max_age(value, max_age, ok):
+    if ok:
+        assert parse_age(value, max_age=max_age) == float(value)
+    else:
+        with pytest.raises(InvalidDemographic, match="max_age"):
+            parse_age(value, max_age=max_age)
+
+
+# --- parse_sex ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("F", "F"),
+        ("f", "F"),
+        (" F ", "F"),
+        ("female", "F"),
+        ("Female", "F"),
+        ("FEMALE", "F"),
+        ("woman", "F"),
+        ("M", "M"),
+        ("m", "M"),
+        ("male", "M"),
+        ("Male", "M"),
+        ("MALE", "M"),
+        ("man", "M"),
+        (b"F", "F"),
+        (np.str_("male"), "M"),
+    ],
+)
+def test_parse_sex_valid(value, expected):
+    assert parse_sex(value) == expected
+
+
+@pytest.mark.parametrize(
+    "value",
+    [None, float("nan"), "", "  ", "unknown", "Unknown", "unk", "U", "u", "n/a", "NA", "none", "nan"],
+)
+def test_parse_sex_missing(value):
+    assert parse_sex(value) is None
+
+
+@pytest.mark.parametrize("value", ["Other", "other", "X", "O", "fem ale", "females", 3, 0, 1, True, 1.5, ["F"]])
+def test_parse_sex_invalid(value):
+    with pytest.raises(InvalidDemographic, match=repr(value).replace("[", r"\[").replace("]", r"\]")):
+        parse_sex(value)
+
+
+# --- generic categories and column kinds ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("White", "White"),
+        ("  Black or African American ", "Black or African American"),
+        ("Hispanic, Latino", "Hispanic, Latino"),
+        ("a|b", "a_b"),
+        ("k=v", "k_v"),
+        ("x=|y,z", "x__y,z"),
+        (3, "3"),
+        (0, "0"),
+        (2.5, "2.5"),
+        (b"Asian", "Asian"),
+        (None, None),
+        (float("nan"), None),
+        ("", None),
+        (" ", None),
+        ("Unknown", None),
+        ("UNK", None),
+        ("N/A", None),
+        ("na", None),
+        ("None", None),
+        ("NaN", None),
+    ],
+)
+def test_parse_category(value, expected):
+    assert parse_category(value) == expected
+
+
+@pytest.mark.parametrize(
+    ("column", "kind"),
+    [
+        ("age", "age"),
+        ("Age", "age"),
+        ("AGE", "age"),
+        ("age_approx", "age"),
+        ("AgeAtScan", "age"),
+        ("sex", "sex"),
+        ("Sex", "sex"),
+        ("gender", "sex"),
+        ("GENDER", "sex"),
+        ("race", "category"),
+        ("insurance", "category"),
+        ("patient_age", "category"),
+        ("agency", "category"),
+        ("sex_at_birth", "category"),
+    ],
+)
+def test_column_kind(column, kind):
+    assert column_kind(column) == kind
+
+
+# --- GroupKeyer: keys ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("row", "expected"),
+    [
+        ({"sex": "F", "age": 60}, "sex=F|age=a3"),
+        ({"sex": "male", "age": "053Y"}, "sex=M|age=a3"),
+        ({"sex": "Female", "age": " 25 "}, "sex=F|age=a1"),
+        ({"sex": "F", "age": None}, "sex=F"),
+        ({"sex": "F", "age": 0}, "sex=F"),
+        ({"sex": "F"}, "sex=F"),
+        ({"sex": "U", "age": 80}, "age=a4"),
+        ({"sex": "Other", "age": 80}, "age=a4"),
+        ({"sex": None, "age": "unknown"}, None),
+        ({"sex": "F", "age": -5}, "sex=F"),
+        ({}, None),
+        ({"sex": "M", "age": 30, "extra": "ignored"}, "sex=M|age=a2"),
+    ],
+)
+def test_key_default_columns(row, expected):
+    assert GroupKeyer().key(row) == expected
+
+
+def test_key_follows_configured_column_order():
+    row = {"sex": "F", "age": 60, "race": "Asian"}
+    assert GroupKeyer(columns=["sex", "age"]).key(row) == "sex=F|age=a3"
+    assert GroupKeyer(columns=["age", "sex"]).key(row) == "age=a3|sex=F"
+    assert GroupKeyer(columns=["race", "age", "sex"]).key(row) == "race=Asian|age=a3|sex=F"
+    assert GroupKeyer(columns=["race"]).key(row) == "race=Asian"
+
+
+def test_key_uses_configured_column_names_verbatim():
+    keyer = GroupKeyer(columns=["Gender", "age_approx"])
+    assert keyer.key({"Gender": "woman", "age_approx": 45.0}) == "Gender=F|age_approx=a2"
+
+
+def test_key_with_custom_bins_and_max_age():
+    keyer = GroupKeyer(columns=["age"], age_bins=(40,), max_age=100)
+    assert keyer.keys([{"age": 40}, {"age": 41}, {"age": 101}]) == ["age=a1", "age=a2", None]
+    assert keyer.invalid_counts == {"age": 1}
+
+
+def test_generic_column_with_separators_keeps_keys_unambiguous():
+    keyer = GroupKeyer(columns=["site", "sex"])
+    key = keyer.key({"site": "ward=A|B, north", "sex": "M"})
+    assert key == "site=ward_A_B, north|sex=M"
+    # Splitting the key back recovers exactly the configured columns.
+    assert [part.split("=", 1)[0] for part in key.split("|")] == ["site", "sex"]
+
+
+def test_keys_matches_key():
+    rows = [{"sex": "F", "age": 10}, {"sex": "m", "age": "090Y"}, {"sex": "", "age": ""}]
+    assert GroupKeyer().keys(rows) == ["sex=F|age=a1", "sex=M|age=a4", None]
+    assert GroupKeyer().keys(iter(rows)) == ["sex=F|age=a1", "sex=M|age=a4", None]
+    assert GroupKeyer().keys([]) == []
+
+
+@pytest.mark.parametrize(
+    ("column", "value", "expected"),
+    [
+        ("sex", "female", "F"),
+        ("gender", "MALE", "M"),
+        ("age", 51, "a3"),
+        ("age", "006M", "a1"),
+        ("age", "abc", None),
+        ("race", "White", "White"),
+        ("race", "a|b", "a_b"),
+    ],
+)
+def test_attribute(column, value, expected):
+    assert GroupKeyer(columns=["sex", "age", "race"]).attribute(column, value) == expected
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"columns": []}, "at least one"),
+        ({"columns": ["sex", "sex"]}, "duplicate"),
+        ({"columns": ["a|b"]}, "a|b"),
+        ({"columns": ["a=b"]}, "a=b"),
+        ({"columns": [""]}, "''"),
+        ({"columns": [3]}, "3"),
+        ({"max_age": 0}, "max_age"),
+        ({"max_age": float("inf")}, "max_age"),
+        ({"max_age": "120"}, "max_age"),
+    ],
+)
+def test_keyer_rejects_bad_config(kwargs, match):
+    with pytest.raises(ValueError, match=match.replace("|", r"\|")):
+        GroupKeyer(**kwargs)
+
+
+def test_single_string_column_is_not_split():
+    assert GroupKeyer(columns="sex").columns == ("sex",)
+
+
+# --- GroupKeyer: counting and logging --------------------------------------------------------------
+
+
+def test_invalid_values_counted_and_warned_once_per_column(caplog):
+    keyer = GroupKeyer(columns=["sex", "age", "race"])
+    rows = [
+        {"sex": "Other", "age": -5, "race": "White"},
+        {"sex": "X", "age": "200", "race": None},
+        {"sex": 3, "age": "45 years", "race": "Asian"},
+        {"sex": "F", "age": float("inf"), "race": "unknown"},
+        {"sex": "M", "age": 40, "race": "Black"},
+    ]
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        keys = keyer.keys(rows)
+
+    assert keys == ["race=White", None, "race=Asian", "sex=F", "sex=M|age=a2|race=Black"]
+    assert keyer.invalid_counts == {"sex": 3, "age": 4, "race": 0}
+    assert keyer.missing_counts == {"sex": 0, "age": 0, "race": 2}
+
+    records = [r for r in caplog.records if r.name == LOGGER]
+    assert len(records) == 2
+    assert all(r.levelno == logging.WARNING for r in records)
+    sex_msg, age_msg = (r.getMessage() for r in records)
+    # Each warning names the column, the first bad value, and the consequence.
+    assert "'sex'" in sex_msg and "'Other'" in sex_msg and "missing" in sex_msg
+    assert "'age'" in age_msg and "-5" in age_msg and "missing" in age_msg
+
+    # More invalid values later: still counted, never logged again.
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        keyer.key({"sex": "Other", "age": "abc", "race": "White"})
+    assert [r for r in caplog.records if r.name == LOGGER] == []
+    assert keyer.invalid_counts == {"sex": 4, "age": 5, "race": 0}
+
+
+def test_warning_state_is_per_keyer(caplog):
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        GroupKeyer().key({"sex": "X"})
+        GroupKeyer().key({"sex": "X"})
+    assert len([r for r in caplog.records if r.name == LOGGER]) == 2
+
+
+def test_missing_counted_separately_and_absent_column_is_missing(caplog):
+    keyer = GroupKeyer()
+    rows = [
+        {"sex": None, "age": 0},
+        {"sex": "U", "age": ""},
+        {"sex": "n/a", "age": "unknown"},
+        {"age": float("nan")},
+        {"sex": "F"},
+        {},
+        {"sex": "F", "age": 30},
+    ]
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        keys = keyer.keys(rows)
+    assert keys == [None, None, None, None, "sex=F", None, "sex=F|age=a2"]
+    assert keyer.missing_counts == {"sex": 5, "age": 6}
+    assert keyer.invalid_counts == {"sex": 0, "age": 0}
+    # Missing is normal in clinical data: no warnings for it.
+    assert [r for r in caplog.records if r.name == LOGGER] == []
+
+
+def test_summary():
+    keyer = GroupKeyer()
+    assert keyer.summary() == {
+        "rows": 0,
+        "rows_without_key": 0,
+        "missing": {"sex": 0, "age": 0},
+        "invalid": {"sex": 0, "age": 0},
+    }
+    keyer.keys([{"sex": "F", "age": 60}, {"sex": "Other", "age": None}, {"sex": "M", "age": 999}])
+    summary = keyer.summary()
+    assert summary == {
+        "rows": 3,
+        "rows_without_key": 1,
+        "missing": {"sex": 0, "age": 1},
+        "invalid": {"sex": 1, "age": 1},
+    }
+    # A copy: callers may mutate or serialise it without touching the keyer.
+    summary["invalid"]["sex"] = 100
+    assert keyer.invalid_counts["sex"] == 1
+
+
+def test_attribute_counts_like_key():
+    keyer = GroupKeyer()
+    assert keyer.attribute("age", "abc") is None
+    assert keyer.attribute("age", None) is None
+    assert keyer.attribute("sex", "F") == "F"
+    assert keyer.invalid_counts == {"sex": 0, "age": 1}
+    assert keyer.missing_counts == {"sex": 0, "age": 1}
+    assert keyer.summary()["rows"] == 0
+
+
+def test_parse_age_results_are_finite():
+    for value in ["053Y", "006M", 45, " 45.0 "]:
+        age = parse_age(value)
+        assert age is not None and math.isfinite(age)
