@@ -53,6 +53,7 @@ def config(tmp_path, **overrides):
         save_strategy="no",
         report_to="none",
         seed=7,
+        activation_checkpointing=False,
     )
     values.update(overrides)
     return values
