@@ -100,13 +100,27 @@ Fatty Dense Scattered Heterogeneous Extremely Almost Entirely
 """.split()
 
 
+# Words of the data schema's prompts (fair_trl.data.schema); appended last so earlier token ids never move.
+_SCHEMA_WORDS = """
+Other BE FIRST MUST Separate about commas enclosed internal monologue more process several CT head hemorrhage
+intracranial slice frame indicate
+""".split()
+
+
 def _dedupe(words: list[str]) -> list[str]:
     return list(dict.fromkeys(words))
 
 
 # Fixed so that token ids (and therefore any saved tiny checkpoint) never depend on set ordering.
 VOCAB: list[str] = _dedupe(
-    _SPECIAL_TOKENS + _ROLE_WORDS + _UNSPLIT_WORDS + _DIGITS + _PUNCTUATION + _PROMPT_WORDS + _CLINICAL_WORDS
+    _SPECIAL_TOKENS
+    + _ROLE_WORDS
+    + _UNSPLIT_WORDS
+    + _DIGITS
+    + _PUNCTUATION
+    + _PROMPT_WORDS
+    + _CLINICAL_WORDS
+    + _SCHEMA_WORDS
 )
 
 # ChatML as used by Qwen instruct models; content may be a string or a list of typed parts.

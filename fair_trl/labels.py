@@ -1,0 +1,115 @@
+"""The label sets of the paper's seven datasets (Table 1) and the synonyms answers use for them.
+
+One place for the canonical label strings: the data builders write them into the `solution` column,
+prompts list them as candidates, and answer extraction maps free text back onto them.
+"""
+
+from __future__ import annotations
+
+import re
+
+__all__ = ["DATASET_LABELS", "MULTI_LABEL_DATASETS", "SYNONYMS", "canonical_dataset", "canonical_labels", "label_key"]
+
+CHEXPERT_LABELS = (
+    "Atelectasis",
+    "Cardiomegaly",
+    "Consolidation",
+    "Edema",
+    "Enlarged Cardiomediastinum",
+    "Fracture",
+    "Lung Lesion",
+    "Lung Opacity",
+    "No Finding",
+    "Pleural Effusion",
+    "Pleural Other",
+    "Pneumonia",
+    "Pneumothorax",
+    "Support Devices",
+)
+SKIN_LESION_LABELS = ("MEL", "NV", "BCC", "AKIEC", "OTHER")
+
+DATASET_LABELS: dict[str, tuple[str, ...]] = {
+    "chexpert": CHEXPERT_LABELS,
+    "ham10000": SKIN_LESION_LABELS,
+    "isic2020": ("Malignant", "Benign"),
+    "pad_ufes20": SKIN_LESION_LABELS,
+    "vindr_mammo": ("BI-RADS 1", "BI-RADS 2", "BI-RADS 3", "BI-RADS 4", "BI-RADS 5"),
+    "hemorrhage": ("No Hemorrhage", "Has Hemorrhage"),
+    "covid_blues": ("Has COVID", "No COVID"),
+}
+
+# CheXpert reports several observations per image; every other dataset has exactly one label per image.
+MULTI_LABEL_DATASETS = frozenset({"chexpert"})
+
+# Other ways answers name a canonical label (matched after `label_key` normalisation).
+SYNONYMS: dict[str, tuple[str, ...]] = {
+    "MEL": ("melanoma", "malignant melanoma"),
+    "NV": ("nevus", "nevi", "naevus", "melanocytic nevus", "melanocytic nevi", "nev", "mole"),
+    "BCC": ("basal cell carcinoma",),
+    "AKIEC": (
+        "actinic keratosis",
+        "actinic keratoses",
+        "ack",
+        "intraepithelial carcinoma",
+        "bowen's disease",
+        "bowen disease",
+    ),
+    "OTHER": ("other", "others", "bkl", "df", "vasc", "seborrheic keratosis", "dermatofibroma", "vascular lesion"),
+    "Malignant": ("malignancy", "malignant lesion", "cancer", "cancerous"),
+    "Benign": ("benign lesion", "not malignant", "non-malignant"),
+    "No Hemorrhage": ("no haemorrhage", "without hemorrhage", "no bleed", "no bleeding", "no intracranial hemorrhage"),
+    "Has Hemorrhage": (
+        "hemorrhage",
+        "haemorrhage",
+        "has haemorrhage",
+        "intracranial hemorrhage",
+        "hemorrhage present",
+        "bleed",
+        "bleeding",
+    ),
+    "Has COVID": ("covid", "covid-19", "covid positive", "positive for covid", "has covid-19", "sars-cov-2"),
+    "No COVID": ("no covid-19", "covid negative", "negative for covid", "non-covid", "not covid"),
+    "No Finding": ("no findings", "normal", "no abnormality", "no abnormalities"),
+    "Pleural Effusion": ("effusion",),
+    "Support Devices": ("support device", "device", "devices"),
+    "Lung Opacity": ("opacity", "airspace opacity"),
+    "Lung Lesion": ("lesion", "nodule", "mass"),
+    "Enlarged Cardiomediastinum": ("enlarged cardiac silhouette", "widened mediastinum"),
+    **{
+        f"BI-RADS {n}": (str(n), f"birads {n}", f"bi rads {n}", f"bi-rads category {n}", f"category {n}")
+        for n in range(1, 6)
+    },
+}
+
+_NON_ALNUM = re.compile(r"[^0-9a-z]+")
+
+
+def label_key(text: str) -> str:
+    """Lower-case alphanumerics only, so "BI-RADS 2", "birads 2" and "Bi Rads 2" all compare equal."""
+    return _NON_ALNUM.sub("", text.lower())
+
+
+def canonical_dataset(name: str) -> str | None:
+    """The registry name of a known dataset, also from the paper's spellings ("PAD-UFES", "VinDr")."""
+    wanted = label_key(name)
+    for known in DATASET_LABELS:
+        if label_key(known) == wanted:
+            return known
+    return _DATASET_ALIASES.get(wanted)
+
+
+def canonical_labels(dataset: str) -> tuple[str, ...] | None:
+    """The label set of a known dataset, None for a dataset this module does not know."""
+    name = canonical_dataset(dataset)
+    return DATASET_LABELS[name] if name else None
+
+
+# Names the paper's tables and the authors' files use for the same datasets.
+_DATASET_ALIASES = {
+    "padufes": "pad_ufes20",
+    "vindr": "vindr_mammo",
+    "isic": "isic2020",
+    "ham": "ham10000",
+    "covidblues": "covid_blues",
+    "ctich": "hemorrhage",
+}
