@@ -1,11 +1,9 @@
-"""`fair-trl` command line: `fair-trl demo`, `fair-trl tiny-model OUT_DIR --kind {text,vlm}`."""
+"""`fair-trl` command line: demo, evaluate, build-dataset, tiny-model."""
 
 from __future__ import annotations
 
 import argparse
 import sys
-
-from fair_trl.config import ADVANTAGE_ESTIMATORS
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -14,9 +12,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="run the embedded default job (tiny VLM, generated rows, CPU)")
     demo.add_argument("--steps", type=int, default=60, help="training steps (default 60)")
-    demo.add_argument("--estimator", choices=ADVANTAGE_ESTIMATORS, default="fair_grpo")
+    # Checked after parsing against FairGRPOConfig's list, so light commands never import TRL.
+    demo.add_argument("--estimator", default="fair_grpo", help="advantage estimator (default fair_grpo)")
     demo.add_argument("--output-dir", default=None, help="keep the trainer's output here (default: a temp dir)")
     demo.add_argument("--seed", type=int, default=0)
+
+    evaluate = commands.add_parser(
+        "evaluate", help="fairness tables (Table 2 and appendix style) for a predictions jsonl file"
+    )
+    evaluate.add_argument("predictions", help="jsonl: prediction, reference, dataset and demographics per line")
+    evaluate.add_argument(
+        "--attributes", nargs="+", default=["age", "sex"], help="demographic fields (default: age sex)"
+    )
+    evaluate.add_argument("--json", dest="json_out", default=None, help="write compute_fairness output per attribute")
+    evaluate.add_argument("--markdown", dest="markdown_out", default=None, help="write the tables as markdown")
+    evaluate.add_argument("--skip-invalid", action="store_true", help="skip and count malformed lines")
+    evaluate.add_argument("--bootstrap", type=int, default=0, help="bootstrap resamples for 95%% intervals (JSON)")
+    evaluate.add_argument("--seed", type=int, default=0)
 
     tiny = commands.add_parser("tiny-model", help="save a tiny offline model with its tokenizer/processor")
     tiny.add_argument("out_dir")
@@ -26,16 +38,41 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     if args.command == "demo":
+        from fair_trl.config import ADVANTAGE_ESTIMATORS
+
+        if args.estimator not in ADVANTAGE_ESTIMATORS:
+            parser.error(f"--estimator must be one of {', '.join(ADVANTAGE_ESTIMATORS)}, got {args.estimator!r}")
         from fair_trl.demo import main as demo_main
 
         demo_main(args.steps, args.estimator, args.output_dir, args.seed)
+    elif args.command == "evaluate":
+        return _evaluate(args)
     elif args.command == "tiny-model":
         from fair_trl.models import save_tiny_model
 
         path = save_tiny_model(args.out_dir, kind=args.kind, seed=args.seed)
         print(f"saved tiny {args.kind} model to {path}")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from fair_trl.evaluate import evaluate_file, markdown_report, text_report, to_json
+
+    try:
+        report = evaluate_file(args.predictions, args.attributes, args.skip_invalid, args.bootstrap, args.seed)
+    except (OSError, ValueError) as err:
+        print(f"fair-trl evaluate: {err}", file=sys.stderr)
+        return 2
+    print(text_report(report), end="")
+    if args.json_out:
+        Path(args.json_out).write_text(to_json(report))
+    if args.markdown_out:
+        Path(args.markdown_out).write_text(markdown_report(report))
     return 0
 
 

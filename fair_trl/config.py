@@ -38,6 +38,11 @@ class FairGRPOConfig(GRPOConfig):
             Elbow rule: add a cluster while it removes at least this fraction of the previous step's inertia drop.
         cluster_pool_size (`int`, defaults to `1024`):
             Most recent unlabeled prompts per domain that clustering sees; bounds the estimator's state.
+        fairness_logging_steps (`int`, defaults to `5`):
+            Every this many optimizer steps, log the fairness metrics (per demographic column) of the training
+            rollouts since the last such log through `report_to`. `0` turns it off.
+        solution_column (`str`, defaults to `"solution"`):
+            Dataset column holding the reference label(s) the fairness metrics compare answers against.
     """
 
     advantage_estimator: str = field(
@@ -81,6 +86,18 @@ class FairGRPOConfig(GRPOConfig):
         metadata={"help": "Most recent unlabeled prompts per domain that clustering sees (bounds state)."},
     )
 
+    fairness_logging_steps: int = field(
+        default=5,
+        metadata={
+            "help": "Log the fairness metrics of the training rollouts every this many steps (0: off); "
+            "trainer.evaluate() reports them with the eval_ prefix."
+        },
+    )
+    solution_column: str = field(
+        default="solution",
+        metadata={"help": "Dataset column with the reference label(s) for the fairness metrics."},
+    )
+
     def __post_init__(self) -> None:
         if self.advantage_estimator not in ADVANTAGE_ESTIMATORS:
             raise ValueError(
@@ -89,6 +106,8 @@ class FairGRPOConfig(GRPOConfig):
         if isinstance(self.demographic_columns, str):
             self.demographic_columns = [self.demographic_columns]
         self.demographic_columns = list(self.demographic_columns)
+        if self.fairness_logging_steps < 0:
+            raise ValueError(f"fairness_logging_steps must be >= 0, got {self.fairness_logging_steps}")
         self.age_bins = [float(b) for b in self.age_bins]
         # Fail on a bad bin list or column name now, not on the first batch.
         GroupKeyer(self.demographic_columns, self.age_bins, self.max_age)

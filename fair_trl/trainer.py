@@ -23,8 +23,10 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import GRPOTrainer
 
 from fair_trl.advantages import FairGRPOAdvantage, grpo
+from fair_trl.callbacks import FairnessLoggingCallback, Rollout, fairness_metrics
 from fair_trl.config import FairGRPOConfig
 from fair_trl.groups import GroupKeyer
+from fair_trl.rewards import completion_text, extract_answer
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +70,12 @@ class FairGRPOTrainer(GRPOTrainer):
                 seed=config.seed,
             )
         self._last_rewards_per_func: torch.Tensor | None = None
+        # Rollouts scored since the last fairness log, per mode; a keyer of their own keeps the
+        # estimator's missing/invalid counts from being counted twice.
+        self._rollouts: dict[str, list[Rollout]] = {"train": [], "eval": []}
+        self._fairness_keyer = GroupKeyer(config.demographic_columns, config.age_bins, config.max_age)
+        if config.fairness_logging_steps > 0 and config.demographic_columns:
+            self.add_callback(FairnessLoggingCallback(self, config.fairness_logging_steps))
 
     # -- the seam -------------------------------------------------------------------------------
 
@@ -87,6 +95,7 @@ class FairGRPOTrainer(GRPOTrainer):
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
         # Kept so `_generate_and_score_completions` can rebuild the rewards TRL normalised.
         self._last_rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        self._record_rollouts(inputs, completions)
         return self._last_rewards_per_func
 
     def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -147,6 +156,43 @@ class FairGRPOTrainer(GRPOTrainer):
         metrics["fair/unknown_group_frac"].append(sum(g is None for g in groups) / max(len(groups), 1))
         summary = self.group_keyer.summary()
         metrics["fair/invalid_demographics"].append(float(sum(summary["invalid"].values())))
+
+    # -- fairness logging -----------------------------------------------------------------------
+
+    def _record_rollouts(self, inputs: list[dict[str, Any]], completions: list[Any]) -> None:
+        solution = self.args.solution_column
+        buffer = self._rollouts["train" if self.model.training else "eval"]
+        for row, completion in zip(inputs, completions, strict=True):
+            reference = row.get(solution)
+            if reference is None:
+                continue
+            groups = {c: self._fairness_keyer.attribute(c, row.get(c)) for c in self.args.demographic_columns}
+            answer = extract_answer(completion_text(completion))
+            buffer.append(Rollout(answer, str(reference), _domain_of(row, self.args.domain_column), groups))
+
+    def _fairness_logs(self, mode: str) -> dict[str, float]:
+        """The fairness metrics of every process's rollouts since the last call; clears the buffer."""
+        rollouts = gather_object(self._rollouts[mode])
+        self._rollouts[mode] = []
+        return fairness_metrics(rollouts, self.args.demographic_columns)
+
+    def log_fairness(self) -> None:
+        """Log the fairness of the training rollouts since the last call (every process must call it)."""
+        logs = self._fairness_logs("train")
+        if logs:
+            # The base Trainer.log: TRL's own would flush its step metrics early, off its logging_steps.
+            super(GRPOTrainer, self).log(logs)
+
+    def evaluate(self, *args: Any, **kwargs: Any) -> dict[str, float]:
+        self._rollouts["eval"] = []
+        return super().evaluate(*args, **kwargs)
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if not self.model.training and self.args.demographic_columns:
+            # TRL averages these and prefixes them with "eval_" like its other evaluation metrics.
+            for key, value in self._fairness_logs("eval").items():
+                self._metrics["eval"][key] = [value]
+        super().log(logs, start_time)
 
     # -- checkpoints ----------------------------------------------------------------------------
 

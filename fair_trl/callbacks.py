@@ -1,0 +1,88 @@
+"""Fairness of the training rollouts, logged every `fairness_logging_steps` through `report_to`.
+
+The trainer records one `Rollout` per completion (the extracted answer, the reference, the dataset
+and each attribute's group); every N steps the records since the last log are scored with
+`fair_trl.metrics.compute_fairness`, one attribute at a time, and flattened into scalar keys:
+
+* ``fairness/{attribute}/{metric}`` for f1, acc, eod, pp, fpr_diff, delta_f1, sigma_f1
+* ``fairness/{dataset}/{attribute}/{group}/f1``
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from transformers import TrainerCallback
+
+from fair_trl.labels import canonical_labels
+from fair_trl.metrics import compute_fairness, to_label_set
+from fair_trl.rewards import LabelMatcher
+
+if TYPE_CHECKING:
+    from fair_trl.trainer import FairGRPOTrainer
+
+__all__ = ["LOGGED_METRICS", "FairnessLoggingCallback", "Rollout", "fairness_metrics"]
+
+# Logged name -> compute_fairness key.
+LOGGED_METRICS = {
+    "f1": "f1",
+    "acc": "acc",
+    "eod": "EOD",
+    "pp": "PP",
+    "fpr_diff": "FPR_diff",
+    "delta_f1": "delta_f1",
+    "sigma_f1": "sigma_f1",
+}
+
+
+class Rollout(NamedTuple):
+    answer: str | None  # the completion's final \boxed{} / <answer> content, None if it has none
+    reference: str
+    dataset: str
+    groups: Mapping[str, str | None]  # attribute column -> group ("a3", "F") or None when unknown
+
+
+def _class_lists(rollouts: Sequence[Rollout]) -> dict[str, tuple[str, ...]]:
+    """Each dataset's label set: the known one, else every label its references used."""
+    seen: dict[str, set[str]] = {}
+    for r in rollouts:
+        seen.setdefault(r.dataset, set()).update(to_label_set(r.reference))
+    return {name: canonical_labels(name) or tuple(sorted(labels)) for name, labels in seen.items()}
+
+
+def fairness_metrics(
+    rollouts: Sequence[Rollout], attributes: Iterable[str], prefix: str = "fairness"
+) -> dict[str, float]:
+    """Flat scalar metrics for a logger; empty when there is nothing to score."""
+    if not rollouts:
+        return {}
+    classes = _class_lists(rollouts)
+    matchers = {name: LabelMatcher(labels) for name, labels in classes.items()}
+    predictions = [matchers[r.dataset].match(r.answer) if r.answer else frozenset() for r in rollouts]
+    references = [matchers[r.dataset].match(r.reference) for r in rollouts]
+    datasets = [r.dataset for r in rollouts]
+    logs: dict[str, float] = {}
+    for attribute in attributes:
+        groups = [r.groups.get(attribute) for r in rollouts]
+        if all(g is None for g in groups):
+            continue
+        result = compute_fairness(predictions, references, datasets, groups, classes)
+        for name, key in LOGGED_METRICS.items():
+            logs[f"{prefix}/{attribute}/{name}"] = float(result[key])
+        for dataset, by_group in result["per_group"].items():
+            for group, scores in by_group.items():
+                logs[f"{prefix}/{dataset}/{attribute}/{group}/f1"] = float(scores["f1"])
+    return logs
+
+
+class FairnessLoggingCallback(TrainerCallback):
+    """Asks the trainer to log the fairness of its rollouts every `steps` optimizer steps."""
+
+    def __init__(self, trainer: FairGRPOTrainer, steps: int):
+        self.trainer = trainer
+        self.steps = steps
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self.steps > 0 and state.global_step % self.steps == 0:
+            self.trainer.log_fairness()

@@ -1,0 +1,216 @@
+"""`fair-trl evaluate PRED.jsonl`: the paper's tables for any model's predictions.
+
+Each line of the file is one sample: ``prediction`` (free text, whose final \\boxed{} / <answer> is
+used when present, or a label / list of labels), ``reference`` (label, comma-joined labels or a
+list), ``dataset``, and the demographic attributes (``age``, ``sex`` by default). Demographics are
+normalised as in training (age bins a1-a4, sex F/M); missing or invalid values leave the sample out
+of that attribute's groups. Output: a Table 2-style summary (one row per attribute) and the
+appendix-style table per dataset and group (Acc F1 TPR FPR FDR, then sigma and Delta columns).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fair_trl.groups import GroupKeyer
+from fair_trl.labels import canonical_labels
+from fair_trl.metrics import compute_fairness, to_label_set
+from fair_trl.rewards import parse_prediction
+
+__all__ = ["Predictions", "evaluate_file", "markdown_report", "read_predictions", "text_report"]
+
+REQUIRED_FIELDS = ("prediction", "reference", "dataset")
+SUMMARY_COLUMNS = (
+    ("PP", "PP"),
+    ("EOD", "EOD"),
+    ("FPR_diff", "FPR_diff"),
+    ("sigma_F1", "sigma_f1"),
+    ("delta_F1", "delta_f1"),
+    ("sigma_Acc", "sigma_acc"),
+    ("delta_Acc", "delta_acc"),
+    ("Acc", "acc"),
+    ("F1", "f1"),
+    ("Acc_ES", "acc_es"),
+    ("F1_ES", "f1_es"),
+)
+GROUP_COLUMNS = (("Acc", "acc"), ("F1", "f1"), ("TPR", "tpr"), ("FPR", "fpr"), ("FDR", "fdr"))
+DISPARITY_COLUMNS = (
+    ("sigma_Acc", "sigma_acc"),
+    ("sigma_F1", "sigma_f1"),
+    ("sigma_TPR", "sigma_tpr"),
+    ("delta_Acc", "delta_acc"),
+    ("delta_F1", "delta_f1"),
+    ("delta_TPR", "delta_tpr"),
+    ("delta_FPR", "delta_fpr"),
+)
+
+
+@dataclass
+class Predictions:
+    """The usable samples of a predictions file, as columns, and the line numbers skipped."""
+
+    predictions: list[Any] = field(default_factory=list)
+    references: list[Any] = field(default_factory=list)
+    datasets: list[str] = field(default_factory=list)
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    lines: list[int] = field(default_factory=list)
+    skipped: list[tuple[int, str]] = field(default_factory=list)
+
+
+def _check_line(raw: str) -> dict[str, Any]:
+    row = json.loads(raw)
+    if not isinstance(row, dict):
+        raise ValueError(f"expected a JSON object, got {type(row).__name__}")
+    missing = [name for name in REQUIRED_FIELDS if name not in row]
+    if missing:
+        raise ValueError(f"missing field(s) {missing}; each line needs {list(REQUIRED_FIELDS)}")
+    for name in ("prediction", "reference"):
+        value = row[name]
+        if value is not None and not isinstance(value, str | list):
+            raise ValueError(f"{name!r} must be a string or a list of labels, got {type(value).__name__}")
+    if not isinstance(row["dataset"], str) or not row["dataset"].strip():
+        raise ValueError(f"'dataset' must be a non-empty string, got {row['dataset']!r}")
+    if not to_label_set(row["reference"]):
+        raise ValueError("'reference' names no label")
+    return row
+
+
+def read_predictions(path: str | Path, skip_invalid: bool = False) -> Predictions:
+    """Parse a predictions jsonl; a malformed line raises with its line number unless `skip_invalid`."""
+    out = Predictions()
+    with open(path, encoding="utf-8") as f:
+        for number, raw in enumerate(f, start=1):
+            if not raw.strip():
+                continue
+            try:
+                row = _check_line(raw)
+            except ValueError as err:  # json.JSONDecodeError is a ValueError
+                if not skip_invalid:
+                    raise ValueError(f"{path}, line {number}: {err}") from None
+                out.skipped.append((number, str(err)))
+                continue
+            out.predictions.append(row["prediction"])
+            out.references.append(row["reference"])
+            out.datasets.append(row["dataset"].strip())
+            out.rows.append(row)
+            out.lines.append(number)
+    if not out.rows:
+        raise ValueError(f"{path}: no usable samples")
+    return out
+
+
+def _classes(data: Predictions) -> dict[str, tuple[str, ...]]:
+    """Known datasets use their full label set; others the labels their references use."""
+    classes: dict[str, set[str]] = {}
+    for dataset, reference in zip(data.datasets, data.references, strict=True):
+        classes.setdefault(dataset, set()).update(to_label_set(reference))
+    return {name: canonical_labels(name) or tuple(sorted(labels)) for name, labels in classes.items()}
+
+
+def _labels(value: Any, classes: Sequence[str]) -> frozenset[str]:
+    if value is None:
+        return frozenset()
+    if isinstance(value, list):
+        value = ", ".join(str(v) for v in value)
+    return parse_prediction(value, labels=classes)
+
+
+def evaluate_file(
+    path: str | Path,
+    attributes: Sequence[str] = ("age", "sex"),
+    skip_invalid: bool = False,
+    n_bootstrap: int = 0,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """{"attributes": {attribute: compute_fairness(...)}, "samples": n, "skipped_lines": [...]}."""
+    data = read_predictions(path, skip_invalid)
+    classes = _classes(data)
+    predictions = [_labels(p, classes[d]) for p, d in zip(data.predictions, data.datasets, strict=True)]
+    references = [_labels(r, classes[d]) for r, d in zip(data.references, data.datasets, strict=True)]
+    for line, reference, raw, dataset in zip(data.lines, references, data.references, data.datasets, strict=True):
+        if not reference:
+            raise ValueError(
+                f"{path}, line {line}: reference {raw!r} is not a class of {dataset!r}: {classes[dataset]}"
+            )
+    keyer = GroupKeyer(list(attributes))
+    results = {}
+    for attribute in attributes:
+        groups = [keyer.attribute(attribute, row.get(attribute)) for row in data.rows]
+        results[attribute] = compute_fairness(
+            predictions, references, data.datasets, groups, classes, n_bootstrap=n_bootstrap, seed=seed
+        )
+    return {
+        "samples": len(data.rows),
+        "skipped_lines": [{"line": n, "error": e} for n, e in data.skipped],
+        "no_valid_label": sum(not p for p in predictions),
+        "demographics": keyer.summary(),
+        "attributes": results,
+    }
+
+
+def _fmt(value: float) -> str:
+    return f"{value:.3f}"
+
+
+def _tables(report: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]], int]]:
+    """(title, header, rows, label columns) of the summary table and of each attribute's per-group table."""
+    results = report["attributes"]
+    summary_rows = [[attribute] + [_fmt(r[key]) for _, key in SUMMARY_COLUMNS] for attribute, r in results.items()]
+    tables = [("Summary (Table 2 style)", ["attribute"] + [name for name, _ in SUMMARY_COLUMNS], summary_rows, 1)]
+    for attribute, result in results.items():
+        rows = []
+        for dataset, by_group in result["per_group"].items():
+            disparity = result["per_dataset"][dataset]
+            for i, (group, scores) in enumerate(by_group.items()):
+                cells = [dataset if i == 0 else "", str(group), str(scores["n"])]
+                cells += [_fmt(scores[key]) for _, key in GROUP_COLUMNS]
+                cells += [_fmt(disparity[key]) if i == 0 else "" for _, key in DISPARITY_COLUMNS]
+                rows.append(cells)
+        header = ["dataset", "group", "n"] + [n for n, _ in GROUP_COLUMNS] + [n for n, _ in DISPARITY_COLUMNS]
+        tables.append((f"Per dataset and {attribute} group", header, rows, 2))
+    return tables
+
+
+def _footer(report: dict[str, Any]) -> list[str]:
+    lines = [f"{report['samples']} samples; {report['no_valid_label']} predictions name no valid label."]
+    if report["skipped_lines"]:
+        lines.append(f"{len(report['skipped_lines'])} malformed line(s) skipped.")
+    for attribute, result in report["attributes"].items():
+        if result["n_unknown_group"]:
+            lines.append(
+                f"{attribute}: {result['n_unknown_group']} samples with unknown {attribute} left out of groups."
+            )
+    return lines
+
+
+def text_report(report: dict[str, Any]) -> str:
+    out = []
+    for title, header, rows, lead in _tables(report):
+        widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(header)]
+
+        def line(cells: list[str], widths: list[int] = widths, lead: int = lead) -> str:
+            padded = [
+                c.ljust(w) if i < lead else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+            ]
+            return "  ".join(padded).rstrip()
+
+        out += [title, line(header), *(line(row) for row in rows), ""]
+    return "\n".join(out + _footer(report)) + "\n"
+
+
+def markdown_report(report: dict[str, Any]) -> str:
+    out = []
+    for title, header, rows, _ in _tables(report):
+        out += [f"### {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        out += ["| " + " | ".join(row) + " |" for row in rows]
+        out.append("")
+    return "\n".join(out + _footer(report)) + "\n"
+
+
+def to_json(report: dict[str, Any]) -> str:
+    # Group keys may be non-strings in principle; JSON needs strings.
+    return json.dumps(report, indent=2, default=str, sort_keys=False)

@@ -1,0 +1,170 @@
+"""Answer extraction and the rewards FairGRPO trains on.
+
+The authors' prompt asks for reasoning in <think> </think> and the answer in \\boxed{}; many models
+answer in <answer> </answer> instead. The final answer is the last of either in the text. It is split
+into labels (comma, semicolon, "and", "&") and each part is matched to the dataset's label set
+case-insensitively, ignoring punctuation and spacing, through fair_trl.labels.SYNONYMS ("Nevus" is NV,
+"BI-RADS 2" and "2" are the same BI-RADS class).
+
+`accuracy_reward` and `format_reward` are TRL reward functions: TRL calls them with the completions and
+every dataset column as keyword arguments, so they read `solution` (and `dataset` for the label set).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from fair_trl.labels import SYNONYMS, canonical_labels, label_key
+
+__all__ = [
+    "AccuracyReward",
+    "LabelMatcher",
+    "accuracy_reward",
+    "completion_text",
+    "extract_answer",
+    "format_reward",
+    "parse_prediction",
+    "split_labels",
+]
+
+_BOXED = re.compile(r"\\boxed\s*\{")
+_ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.DOTALL | re.IGNORECASE)
+_SEPARATORS = re.compile(r"\s*(?:,|;|&|\band\b)\s*", re.IGNORECASE)
+_FORMAT = re.compile(r"^\s*<think>.+?</think>.*\\boxed\s*\{.+\}", re.DOTALL)
+
+
+def _boxed_spans(text: str) -> list[tuple[int, str]]:
+    """(start, content) of every \\boxed{...}, with nested braces kept inside the content."""
+    spans = []
+    for match in _BOXED.finditer(text):
+        depth, start = 1, match.end()
+        for i in range(start, len(text)):
+            depth += {"{": 1, "}": -1}.get(text[i], 0)
+            if depth == 0:
+                spans.append((match.start(), text[start:i]))
+                break
+    return spans
+
+
+def extract_answer(text: str) -> str | None:
+    """The last \\boxed{...} or <answer>...</answer> content in `text`, stripped; None if there is neither."""
+    candidates = _boxed_spans(text) + [(m.start(), m.group(1)) for m in _ANSWER_TAG.finditer(text)]
+    if not candidates:
+        return None
+    answer = max(candidates)[1].strip()
+    # \boxed{\text{NV}} is a common LaTeX habit.
+    return re.sub(r"\\text\s*\{([^{}]*)\}", r"\1", answer).strip()
+
+
+def split_labels(answer: str) -> list[str]:
+    return [part for part in _SEPARATORS.split(answer) if part.strip()]
+
+
+class LabelMatcher:
+    """Maps answer text onto a label set, through the labels' own spellings and their synonyms."""
+
+    def __init__(self, labels: Iterable[str]):
+        self.labels = tuple(labels)
+        self._lookup: dict[str, str] = {}
+        for label in self.labels:
+            for spelling in (label, *SYNONYMS.get(label, ())):
+                self._lookup.setdefault(label_key(spelling), label)
+
+    def match(self, answer: str) -> frozenset[str]:
+        """The labels `answer` names; parts naming none are dropped, so an answer naming no label gives {}."""
+        whole = self._lookup.get(label_key(answer))
+        if whole is not None:
+            # Whole-answer match first: a synonym may itself contain "and" or a comma.
+            return frozenset({whole})
+        return frozenset(label for part in split_labels(answer) if (label := self._lookup.get(label_key(part))))
+
+
+_MATCHERS: dict[tuple[str, ...], LabelMatcher] = {}
+
+
+def _matcher(labels: Sequence[str]) -> LabelMatcher:
+    key = tuple(labels)
+    if key not in _MATCHERS:
+        _MATCHERS[key] = LabelMatcher(key)
+    return _MATCHERS[key]
+
+
+def label_set_for(dataset: str | None, reference: str | Iterable[str] | None = None) -> tuple[str, ...]:
+    """The candidate labels: the known dataset's label set, else the labels of the reference itself."""
+    known = canonical_labels(dataset) if dataset else None
+    if known is not None:
+        return known
+    if reference is None:
+        return ()
+    parts = reference.split(",") if isinstance(reference, str) else reference
+    return tuple(sorted(p.strip() for p in parts if p.strip()))
+
+
+def parse_prediction(
+    text: str, dataset: str | None = None, labels: Sequence[str] | None = None, require_markup: bool = False
+) -> frozenset[str]:
+    """The labels a free-text prediction names.
+
+    The final \\boxed{} / <answer> is used when present; otherwise the whole text is the answer, unless
+    `require_markup` (as for training rewards, where the format is part of the task).
+    """
+    answer = extract_answer(text)
+    if answer is None:
+        if require_markup:
+            return frozenset()
+        answer = text.strip()
+    candidates = labels if labels is not None else label_set_for(dataset)
+    return _matcher(candidates).match(answer)
+
+
+def completion_text(completion: Any) -> str:
+    """Text of a TRL completion: a string, or a conversation whose last message content is a string or parts."""
+    if isinstance(completion, str):
+        return completion
+    content = completion[-1]["content"]
+    if isinstance(content, str):
+        return content
+    return "".join(part.get("text") or "" for part in content if part.get("type") == "text")
+
+
+class AccuracyReward:
+    """1.0 when the predicted label set equals the reference set (`solution`), else 0.0.
+
+    Answers that name no valid label score 0 and are counted: in `no_valid_label` over the object's
+    life, and per batch through TRL's ``log_metric`` as ``accuracy/no_valid_label_frac``.
+    """
+
+    __name__ = "accuracy_reward"
+
+    def __init__(self, labels: dict[str, Sequence[str]] | None = None):
+        self.labels = dict(labels or {})
+        self.scored = 0
+        self.no_valid_label = 0
+
+    def __call__(
+        self, completions: Sequence[Any], solution: Sequence[str], dataset: Sequence[str] | None = None, **kwargs
+    ) -> list[float]:
+        rewards, invalid = [], 0
+        for i, (completion, reference) in enumerate(zip(completions, solution, strict=True)):
+            name = dataset[i] if dataset is not None else None
+            labels = self.labels.get(name) if name in self.labels else label_set_for(name, reference)
+            predicted = parse_prediction(completion_text(completion), labels=labels, require_markup=True)
+            truth = _matcher(labels).match(reference) if reference else frozenset()
+            invalid += not predicted
+            rewards.append(1.0 if predicted and predicted == truth else 0.0)
+        self.scored += len(rewards)
+        self.no_valid_label += invalid
+        log_metric = kwargs.get("log_metric")
+        if log_metric is not None and rewards:
+            log_metric("accuracy/no_valid_label_frac", invalid / len(rewards))
+        return rewards
+
+
+accuracy_reward = AccuracyReward()
+
+
+def format_reward(completions: Sequence[Any], **kwargs) -> list[float]:
+    """1.0 when the completion reasons in <think> </think> and then answers in \\boxed{}, else 0.0."""
+    return [1.0 if _FORMAT.match(completion_text(c)) else 0.0 for c in completions]

@@ -1,0 +1,110 @@
+"""`fair-trl evaluate PRED.jsonl` as a user runs it."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fair_trl.cli import main
+from fair_trl.metrics import compute_fairness
+
+LINES = [
+    {"prediction": r"<think>mole</think> \boxed{Nevus}", "reference": "NV", "dataset": "ham10000", "age": 45,
+     "sex": "F"},
+    {"prediction": r"\boxed{MEL}", "reference": "NV", "dataset": "ham10000", "age": 80, "sex": "male"},
+    {"prediction": r"\boxed{BCC}", "reference": "BCC", "dataset": "ham10000", "age": "", "sex": "Male"},
+    {"prediction": "<answer>Benign</answer>", "reference": "Benign", "dataset": "isic2020", "age": 30, "sex": "F"},
+    {"prediction": "not sure", "reference": "Malignant", "dataset": "isic2020", "age": "070Y", "sex": "unknown"},
+    {"prediction": ["Edema", "Pleural Effusion"], "reference": "Edema, Pleural Effusion", "dataset": "chexpert",
+     "age": 66, "sex": "M"},
+    {"prediction": r"\boxed{No Finding}", "reference": ["Edema"], "dataset": "chexpert", "age": 20, "sex": "F"},
+]  # fmt: skip
+
+
+def write(path: Path, lines) -> Path:
+    path.write_text("\n".join(line if isinstance(line, str) else json.dumps(line) for line in lines) + "\n")
+    return path
+
+
+def test_evaluate_prints_both_tables_and_writes_json_and_markdown(tmp_path, capsys):
+    pred = write(tmp_path / "pred.jsonl", LINES)
+    out_json, out_md = tmp_path / "fair.json", tmp_path / "fair.md"
+    assert main(["evaluate", str(pred), "--json", str(out_json), "--markdown", str(out_md)]) == 0
+    printed = capsys.readouterr().out
+    assert "Summary (Table 2 style)" in printed
+    assert "Per dataset and age group" in printed and "Per dataset and sex group" in printed
+    for column in ("PP", "EOD", "FPR_diff", "sigma_F1", "delta_F1", "Acc_ES", "F1_ES", "TPR", "FDR", "delta_FPR"):
+        assert column in printed
+    assert "7 samples; 1 predictions name no valid label." in printed
+    assert "age: 1 samples with unknown age" in printed
+
+    report = json.loads(out_json.read_text())
+    # The sex attribute as compute_fairness sees it: free text parsed, synonyms mapped, sex normalised.
+    classes = {
+        "ham10000": ["MEL", "NV", "BCC", "AKIEC", "OTHER"],
+        "isic2020": ["Malignant", "Benign"],
+        "chexpert": report["attributes"]["sex"]["classes"]["chexpert"],
+    }
+    expected = compute_fairness(
+        [{"NV"}, {"MEL"}, {"BCC"}, {"Benign"}, set(), {"Edema", "Pleural Effusion"}, {"No Finding"}],
+        ["NV", "NV", "BCC", "Benign", "Malignant", "Edema, Pleural Effusion", "Edema"],
+        [line["dataset"] for line in LINES],
+        ["F", "M", "M", "F", None, "M", "F"],
+        classes,
+    )
+    assert len(classes["chexpert"]) == 14
+    assert report["attributes"]["sex"]["f1"] == pytest.approx(expected["f1"])
+    assert report["attributes"]["sex"]["EOD"] == pytest.approx(expected["EOD"])
+    assert report["attributes"]["sex"]["per_group"]["ham10000"]["M"]["n"] == 2
+    assert set(report["attributes"]["age"]["per_group"]["ham10000"]) == {"a2", "a4"}
+    # "070Y" is a DICOM age: a3.
+    assert "a3" in report["attributes"]["age"]["per_group"]["isic2020"]
+
+    markdown = out_md.read_text()
+    assert "| attribute | PP | EOD |" in markdown
+    assert f"| sex | {report['attributes']['sex']['PP']:.3f} |" in markdown
+
+
+def test_malformed_line_stops_with_its_number_or_is_skipped_and_counted(tmp_path, capsys):
+    pred = write(
+        tmp_path / "pred.jsonl", [LINES[0], "{not json", LINES[1], {"prediction": "NV", "dataset": "ham10000"}]
+    )
+    assert main(["evaluate", str(pred)]) == 2
+    assert "line 2" in capsys.readouterr().err
+
+    out_json = tmp_path / "out.json"
+    assert main(["evaluate", str(pred), "--skip-invalid", "--json", str(out_json)]) == 0
+    assert "2 malformed line(s) skipped." in capsys.readouterr().out
+    report = json.loads(out_json.read_text())
+    assert [s["line"] for s in report["skipped_lines"]] == [2, 4]
+    assert "missing field(s) ['reference']" in report["skipped_lines"][1]["error"]
+    assert report["samples"] == 2
+
+
+def test_reference_outside_the_label_set_names_the_line(tmp_path, capsys):
+    pred = write(tmp_path / "pred.jsonl", [LINES[0], {**LINES[1], "reference": "Banana"}])
+    assert main(["evaluate", str(pred)]) == 2
+    err = capsys.readouterr().err
+    assert "line 2" in err and "'Banana'" in err and "ham10000" in err
+
+
+def test_attributes_option_and_bootstrap(tmp_path, capsys):
+    lines = [{**line, "site": "A" if i % 2 else "B"} for i, line in enumerate(LINES)]
+    pred = write(tmp_path / "pred.jsonl", lines)
+    out_json = tmp_path / "out.json"
+    assert main(["evaluate", str(pred), "--attributes", "site", "--bootstrap", "50", "--json", str(out_json)]) == 0
+    report = json.loads(out_json.read_text())
+    assert list(report["attributes"]) == ["site"]
+    low, high = report["attributes"]["site"]["ci"]["f1"]
+    assert low <= report["attributes"]["site"]["f1"] <= high
+
+
+def test_console_script_runs(tmp_path):
+    pred = write(tmp_path / "pred.jsonl", LINES)
+    script = Path(sys.executable).parent / "fair-trl"
+    done = subprocess.run([str(script), "evaluate", str(pred)], capture_output=True, text=True, check=True)
+    assert "Summary (Table 2 style)" in done.stdout
+    missing = subprocess.run([str(script), "evaluate", str(tmp_path / "nope.jsonl")], capture_output=True, text=True)
+    assert missing.returncode == 2 and "nope.jsonl" in missing.stderr
