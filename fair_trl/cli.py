@@ -30,6 +30,24 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--bootstrap", type=int, default=0, help="bootstrap resamples for 95%% intervals (JSON)")
     evaluate.add_argument("--seed", type=int, default=0)
 
+    build = commands.add_parser(
+        "build-dataset", help="build a clinical dataset in the project's schema and save it with save_to_disk"
+    )
+    build.add_argument("name", help="chexpert, ham10000, isic2020, pad_ufes20, vindr_mammo, hemorrhage, "
+                       "covid_blues, climb_jsonl or synthetic")  # fmt: skip
+    build.add_argument("data_dir", help="the release's folder (climb_jsonl: a .jsonl file or folder; synthetic: -)")
+    build.add_argument("out_dir", help="where to save the DatasetDict (train/test) and build_summary.json")
+    build.add_argument("--test-size", type=float, default=0.2, help="fraction of patients in test (default 0.2)")
+    build.add_argument("--seed", type=int, default=0, help="seed of the patient split (and synthetic data)")
+    build.add_argument(
+        "--option",
+        "-o",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="builder option, repeatable; values are read as YAML (e.g. -o uncertain=positive -o num_rows=10000)",
+    )
+
     tiny = commands.add_parser("tiny-model", help="save a tiny offline model with its tokenizer/processor")
     tiny.add_argument("out_dir")
     tiny.add_argument("--kind", choices=("text", "vlm"), default="text")
@@ -50,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
         demo_main(args.steps, args.estimator, args.output_dir, args.seed)
     elif args.command == "evaluate":
         return _evaluate(args)
+    elif args.command == "build-dataset":
+        return _build_dataset(parser, args)
     elif args.command == "tiny-model":
         from fair_trl.models import save_tiny_model
 
@@ -73,6 +93,33 @@ def _evaluate(args: argparse.Namespace) -> int:
         Path(args.json_out).write_text(to_json(report))
     if args.markdown_out:
         Path(args.markdown_out).write_text(markdown_report(report))
+    return 0
+
+
+def _build_dataset(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    import yaml
+
+    from fair_trl.data import BUILDERS
+    from fair_trl.data.loading import build_and_save
+
+    if args.name not in BUILDERS:
+        parser.error(f"unknown dataset {args.name!r}; expected one of {', '.join(BUILDERS)}")
+    options = {}
+    for item in args.option:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            parser.error(f"--option needs KEY=VALUE, got {item!r}")
+        options[key.strip()] = yaml.safe_load(value)
+    data_dir = None if args.data_dir in ("-", "") else args.data_dir
+    try:
+        summary = build_and_save(
+            args.name, data_dir, args.out_dir, test_size=args.test_size, seed=args.seed, progress=True, **options
+        )
+    except (OSError, ValueError, TypeError) as err:
+        print(f"fair-trl build-dataset: {err}", file=sys.stderr)
+        return 2
+    print(summary)
+    print(f"saved to {args.out_dir}")
     return 0
 
 

@@ -1,9 +1,10 @@
-"""The embedded default job: a short FairGRPO run of the tiny VLM on generated image rows.
+"""The embedded default job: a short FairGRPO run of the tiny VLM on the synthetic benchmark.
 
-Offline and CPU-only. Rows carry a 32x32 image whose brightness decides the label, a domain with a
-skewed mix, and sex/age columns with gaps, so every part of the FairGRPO path runs (explicit groups,
-latent groups for rows with no demographics, domain temperatures). The run prints the mean reward
-per demographic group early and late in training.
+Offline and CPU-only. The rows come from `build_dataset("synthetic", None)`: seven clinical domains
+with a CheXpert-heavy mix, 32x32 images whose lit cells name the label, sex/age columns with gaps
+and planted disparities, so every part of the FairGRPO path runs (explicit groups, latent groups for
+rows with no demographics, domain temperatures). The run prints the mean reward per demographic
+group early and late in training.
 """
 
 from __future__ import annotations
@@ -15,59 +16,30 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from datasets import Dataset, Features, Image, Value
-from PIL import Image as PILImage
+from datasets import Dataset
 
 from fair_trl.groups import GroupKeyer
-
-# Two labels per domain, each a single word in the tiny tokenizer's vocabulary.
-DOMAIN_LABELS = {"chexpert": ("Normal", "Pneumonia"), "ham10000": ("NV", "MEL"), "covid_blues": ("Normal", "COVID")}
-DOMAIN_SHARE = (0.6, 0.25, 0.15)
-INSTRUCTION = (
-    "You FIRST think about the reasoning process as an internal monologue and then provide the final answer. "
-    "The reasoning process MUST BE enclosed within <think> </think> tags. The final answer MUST BE put in \\boxed{}."
-)
+from fair_trl.labels import canonical_labels
+from fair_trl.metrics import to_label_set
+from fair_trl.rewards import LabelMatcher, completion_text
 
 
-def make_demo_dataset(num_rows: int = 256, seed: int = 0) -> Dataset:
-    """Generated multimodal rows in the project's schema (prompt, image, solution, dataset, age, sex)."""
-    rng = np.random.default_rng(seed)
-    domains = list(DOMAIN_LABELS)
-    rows: dict[str, list] = defaultdict(list)
-    for _ in range(num_rows):
-        domain = domains[rng.choice(len(domains), p=DOMAIN_SHARE)]
-        label_index = int(rng.integers(2))
-        label = DOMAIN_LABELS[domain][label_index]
-        level = 60 + 120 * label_index + rng.normal(0, 25, size=(32, 32, 3))
-        image = PILImage.fromarray(np.clip(level, 0, 255).astype(np.uint8))
-        options = " , ".join(DOMAIN_LABELS[domain])
-        rows["prompt"].append(
-            [
-                {
-                    "role": "user",
-                    "content": [
-                        {"type": "image"},
-                        {"type": "text", "text": f"Classify the image . Options : {options} . {INSTRUCTION}"},
-                    ],
-                }
-            ]
-        )
-        rows["image"].append(image)
-        rows["solution"].append(label)
-        rows["dataset"].append(domain)
-        rows["age"].append(None if rng.random() < 0.15 else int(rng.choice([22, 40, 63, 82], p=[0.1, 0.4, 0.4, 0.1])))
-        rows["sex"].append(None if rng.random() < 0.1 else str(rng.choice(["F", "M"])))
-    features = Features(
-        {
-            "prompt": [{"role": Value("string"), "content": [{"type": Value("string"), "text": Value("string")}]}],
-            "image": Image(),
-            "solution": Value("string"),
-            "dataset": Value("string"),
-            "age": Value("int32"),
-            "sex": Value("string"),
-        }
-    )
-    return Dataset.from_dict(dict(rows), features=features)
+def demo_dataset(num_rows: int = 512, seed: int = 0, split: str = "train") -> Dataset:
+    """Rows of the synthetic benchmark (prompt, image, solution, dataset, patient_id, age, sex)."""
+    from fair_trl.data import build_dataset
+
+    return build_dataset("synthetic", None, num_rows=num_rows, seed=seed)[split]
+
+
+def mentioned_labels(text: str, labels: tuple[str, ...], longest: int = 3) -> frozenset[str]:
+    """Labels named anywhere in `text`, by any run of up to `longest` consecutive words."""
+    matcher = LabelMatcher(labels)
+    words = text.split()
+    found = set()
+    for n in range(1, longest + 1):
+        for i in range(len(words) - n + 1):
+            found |= matcher.match(" ".join(words[i : i + n]))
+    return frozenset(found)
 
 
 @dataclass
@@ -77,11 +49,17 @@ class RewardLog:
     keyer: GroupKeyer
     records: list[tuple[int, str, float]]
 
-    def accuracy_reward(self, completions, solution, sex, age, trainer_state, **_) -> list[float]:
+    def accuracy_reward(self, completions, solution, dataset, sex, age, trainer_state, **_) -> list[float]:
+        """Overlap (Jaccard) of the labels a completion mentions with the reference labels.
+
+        A tiny random model has not learnt the \\boxed{} format, so any mention counts and partial
+        credit gives it a gradient; the library's `accuracy_reward` is the strict version.
+        """
         rewards = []
-        for completion, answer, s, a in zip(completions, solution, sex, age, strict=True):
-            text = completion[-1]["content"] if isinstance(completion, list) else completion
-            reward = 1.0 if answer.lower() in text.lower().split() else 0.0
+        for completion, answer, name, s, a in zip(completions, solution, dataset, sex, age, strict=True):
+            mentioned = mentioned_labels(completion_text(completion), canonical_labels(name) or ())
+            truth = to_label_set(answer)
+            reward = len(mentioned & truth) / len(mentioned | truth) if mentioned | truth else 0.0
             group = self.keyer.key({"sex": s, "age": a}) or "unknown"
             self.records.append((trainer_state.global_step, group, reward))
             rewards.append(reward)
@@ -98,7 +76,7 @@ def run_demo(
     from fair_trl.trainer import FairGRPOTrainer
 
     model, processor = build_tiny_vlm(seed=seed)
-    dataset = make_demo_dataset(seed=seed)
+    dataset = demo_dataset(seed=seed)
     log = RewardLog(GroupKeyer(["sex", "age"]), [])
     with tempfile.TemporaryDirectory() as scratch:
         config = FairGRPOConfig(

@@ -10,7 +10,8 @@ import pytest
 
 from fair_trl import FairGRPOConfig, FairGRPOTrainer
 from fair_trl.callbacks import LOGGED_METRICS, Rollout, fairness_metrics
-from fair_trl.demo import make_demo_dataset
+from fair_trl.demo import demo_dataset
+from fair_trl.labels import DATASET_LABELS
 from fair_trl.metrics import compute_fairness
 from fair_trl.models import build_tiny_vlm
 from fair_trl.rewards import accuracy_reward, format_reward
@@ -100,8 +101,8 @@ def test_wandb_offline_run_records_fairness_every_five_steps_and_eval(offline_wa
         model=model,
         reward_funcs=[accuracy_reward, format_reward],
         args=config,
-        train_dataset=make_demo_dataset(64, seed=1),
-        eval_dataset=make_demo_dataset(16, seed=2),
+        train_dataset=demo_dataset(64, seed=1),
+        eval_dataset=(eval_data := demo_dataset(16, seed=2, split="test")),
         processing_class=processor,
     )
     trainer.train()
@@ -114,7 +115,7 @@ def test_wandb_offline_run_records_fairness_every_five_steps_and_eval(offline_wa
     assert [step for step, _ in train_windows] == [5, 10]
     assert all(len(rollouts) == 5 * 8 for _, rollouts in train_windows)
     first = train_windows[0][1]
-    assert {r.dataset for r in first} <= {"chexpert", "ham10000", "covid_blues"}
+    assert {r.dataset for r in first} <= set(DATASET_LABELS)
     assert all(set(r.groups) == {"sex", "age"} for r in first)
     assert {r.groups["sex"] for r in first} <= {"F", "M", None}
 
@@ -137,7 +138,7 @@ def test_wandb_offline_run_records_fairness_every_five_steps_and_eval(offline_wa
     assert "eval_fairness/sex/f1" in metrics and "eval_fairness/age/eod" in metrics
     eval_window = [rollouts for mode, _, rollouts in trainer.windows if mode == "eval" and rollouts]
     # Every eval prompt is generated num_generations times, as in training.
-    assert len(eval_window) == 1 and len(eval_window[0]) == 16 * 4
+    assert len(eval_window) == 1 and len(eval_window[0]) == len(eval_data) * 4
     assert any("eval/fairness/sex/f1" in row for row in history)
 
 
@@ -160,7 +161,7 @@ def test_fairness_logging_can_be_turned_off(tmp_path):
         model=model,
         reward_funcs=accuracy_reward,
         args=config,
-        train_dataset=make_demo_dataset(32),
+        train_dataset=demo_dataset(32),
         processing_class=processor,
     )
     trainer.train()

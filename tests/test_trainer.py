@@ -11,7 +11,7 @@ from transformers import AutoModelForCausalLM
 from trl import GRPOConfig, GRPOTrainer
 
 from fair_trl import FairGRPOAdvantage, FairGRPOConfig, FairGRPOTrainer
-from fair_trl.demo import make_demo_dataset
+from fair_trl.demo import demo_dataset
 from fair_trl.models import build_tiny_vlm, save_tiny_model
 from fair_trl.trainer import ESTIMATOR_STATE_FILE
 
@@ -222,7 +222,7 @@ def test_vlm_trains_with_images(tmp_path, estimator):
         model=model,
         reward_funcs=length_reward,
         args=FairGRPOConfig(**config(tmp_path, max_steps=2), advantage_estimator=estimator),
-        train_dataset=make_demo_dataset(num_rows=16),
+        train_dataset=demo_dataset(num_rows=16),
         processing_class=processor,
     )
     trainer.train()

@@ -66,15 +66,29 @@ _QUESTIONS = {
 
 
 def make_prompt(dataset: str, num_images: int = 1, question: str | None = None) -> list[dict[str, Any]]:
-    """The conversational prompt for one row of `dataset`, listing its candidate labels."""
-    labels = DATASET_LABELS[dataset]
-    question = question or _QUESTIONS[dataset]
-    if dataset in MULTI_LABEL_DATASETS:
-        choose = f"Choose one or more of: {', '.join(labels)}. Separate several findings with commas."
-    else:
-        choose = f"Choose one of: {', '.join(labels)}."
+    """The conversational prompt for one row of `dataset`, listing its candidate labels.
+
+    A known dataset gets its question (or `question`), its candidate labels and the instruction; the
+    instruction is not repeated when `question` already contains it. A dataset outside the registry
+    (e.g. from the authors' jsonl files) needs `question`, which is used verbatim, followed by the
+    instruction unless it already contains it.
+    """
     content: list[dict[str, Any]] = [{"type": "image", "text": None} for _ in range(num_images)]
-    content.append({"type": "text", "text": f"{question} {choose} {INSTRUCTION}"})
+    if dataset not in DATASET_LABELS:
+        if not question:
+            raise ValueError(
+                f"make_prompt: dataset {dataset!r} is not one of {sorted(DATASET_LABELS)}, so it needs a question"
+            )
+        text = question if INSTRUCTION in question else f"{question} {INSTRUCTION}"
+    else:
+        labels = DATASET_LABELS[dataset]
+        question = question or _QUESTIONS[dataset]
+        if dataset in MULTI_LABEL_DATASETS:
+            choose = f"Choose one or more of: {', '.join(labels)}. Separate several findings with commas."
+        else:
+            choose = f"Choose one of: {', '.join(labels)}."
+        text = f"{question} {choose}" if INSTRUCTION in question else f"{question} {choose} {INSTRUCTION}"
+    content.append({"type": "text", "text": text})
     return [{"role": "user", "content": content}]
 
 
@@ -142,7 +156,7 @@ def schema_sex(value: Any, summary: BuildSummary, column: str = "sex") -> str | 
 
 
 def split_by_patient(patient_ids: Sequence[str], test_size: float = 0.2, seed: int = 0) -> list[str]:
-    """"train"/"test" per row, with every patient wholly on one side.
+    """ "train"/"test" per row, with every patient wholly on one side.
 
     Patients (not rows) are shuffled with `seed` and the first round(test_size * patients) go to test,
     so the split depends only on the set of patient ids and the seed, not on row order.
@@ -167,7 +181,8 @@ def png_bytes(pixels: np.ndarray | Iterable) -> dict[str, Any]:
         array = array.astype(np.float64)
         low, high = np.nanmin(array), np.nanmax(array)
         scale = 255.0 / (high - low) if high > low else 0.0
-        array = np.clip((array - low) * scale, 0, 255).astype(np.uint8)
+        # Rounded, not truncated: float error would otherwise map the maximum to 254.
+        array = np.clip(np.rint((array - low) * scale), 0, 255).astype(np.uint8)
     buffer = io.BytesIO()
     PILImage.fromarray(array).save(buffer, format="PNG")
     return {"bytes": buffer.getvalue(), "path": None}
