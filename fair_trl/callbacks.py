@@ -22,7 +22,14 @@ from fair_trl.rewards import LabelMatcher
 if TYPE_CHECKING:
     from fair_trl.trainer import FairGRPOTrainer
 
-__all__ = ["LOGGED_METRICS", "FairnessLoggingCallback", "Rollout", "fairness_metrics"]
+__all__ = [
+    "LOGGED_METRICS",
+    "FairnessLoggingCallback",
+    "Rollout",
+    "fairness_metrics",
+    "fairness_results",
+    "flatten_results",
+]
 
 # Logged name -> compute_fairness key.
 LOGGED_METRICS = {
@@ -51,10 +58,8 @@ def _class_lists(rollouts: Sequence[Rollout]) -> dict[str, tuple[str, ...]]:
     return {name: canonical_labels(name) or tuple(sorted(labels)) for name, labels in seen.items()}
 
 
-def fairness_metrics(
-    rollouts: Sequence[Rollout], attributes: Iterable[str], prefix: str = "fairness"
-) -> dict[str, float]:
-    """Flat scalar metrics for a logger; empty when there is nothing to score."""
+def fairness_results(rollouts: Sequence[Rollout], attributes: Iterable[str]) -> dict[str, dict[str, Any]]:
+    """`compute_fairness` output per attribute that has at least one known group; {} without rollouts."""
     if not rollouts:
         return {}
     classes = _class_lists(rollouts)
@@ -62,18 +67,31 @@ def fairness_metrics(
     predictions = [matchers[r.dataset].match(r.answer) if r.answer else frozenset() for r in rollouts]
     references = [matchers[r.dataset].match(r.reference) for r in rollouts]
     datasets = [r.dataset for r in rollouts]
-    logs: dict[str, float] = {}
+    results = {}
     for attribute in attributes:
         groups = [r.groups.get(attribute) for r in rollouts]
-        if all(g is None for g in groups):
-            continue
-        result = compute_fairness(predictions, references, datasets, groups, classes)
+        if any(g is not None for g in groups):
+            results[attribute] = compute_fairness(predictions, references, datasets, groups, classes)
+    return results
+
+
+def flatten_results(results: Mapping[str, Mapping[str, Any]], prefix: str = "fairness") -> dict[str, float]:
+    """Scalar logger keys from `fairness_results` output."""
+    logs: dict[str, float] = {}
+    for attribute, result in results.items():
         for name, key in LOGGED_METRICS.items():
             logs[f"{prefix}/{attribute}/{name}"] = float(result[key])
         for dataset, by_group in result["per_group"].items():
             for group, scores in by_group.items():
                 logs[f"{prefix}/{dataset}/{attribute}/{group}/f1"] = float(scores["f1"])
     return logs
+
+
+def fairness_metrics(
+    rollouts: Sequence[Rollout], attributes: Iterable[str], prefix: str = "fairness"
+) -> dict[str, float]:
+    """Flat scalar metrics for a logger; empty when there is nothing to score."""
+    return flatten_results(fairness_results(rollouts, attributes), prefix)
 
 
 class FairnessLoggingCallback(TrainerCallback):

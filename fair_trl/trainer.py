@@ -23,7 +23,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import GRPOTrainer
 
 from fair_trl.advantages import FairGRPOAdvantage, grpo
-from fair_trl.callbacks import FairnessLoggingCallback, Rollout, fairness_metrics
+from fair_trl.callbacks import FairnessLoggingCallback, Rollout, fairness_results, flatten_results
 from fair_trl.config import FairGRPOConfig
 from fair_trl.groups import GroupKeyer
 from fair_trl.rewards import completion_text, extract_answer
@@ -74,6 +74,8 @@ class FairGRPOTrainer(GRPOTrainer):
         # estimator's missing/invalid counts from being counted twice.
         self._rollouts: dict[str, list[Rollout]] = {"train": [], "eval": []}
         self._fairness_keyer = GroupKeyer(config.demographic_columns, config.age_bins, config.max_age)
+        # The latest full `compute_fairness` output per attribute, per mode (e.g. for a model card).
+        self.fairness_results: dict[str, dict[str, Any]] = {"train": {}, "eval": {}}
         if config.fairness_logging_steps > 0 and config.demographic_columns:
             self.add_callback(FairnessLoggingCallback(self, config.fairness_logging_steps))
 
@@ -174,7 +176,10 @@ class FairGRPOTrainer(GRPOTrainer):
         """The fairness metrics of every process's rollouts since the last call; clears the buffer."""
         rollouts = gather_object(self._rollouts[mode])
         self._rollouts[mode] = []
-        return fairness_metrics(rollouts, self.args.demographic_columns)
+        results = fairness_results(rollouts, self.args.demographic_columns)
+        if results:
+            self.fairness_results[mode] = results
+        return flatten_results(results)
 
     def log_fairness(self) -> None:
         """Log the fairness of the training rollouts since the last call (every process must call it)."""

@@ -140,6 +140,10 @@ def test_wandb_offline_run_records_fairness_every_five_steps_and_eval(offline_wa
     # Every eval prompt is generated num_generations times, as in training.
     assert len(eval_window) == 1 and len(eval_window[0]) == len(eval_data) * 4
     assert any("eval/fairness/sex/f1" in row for row in history)
+    # The full results stay on the trainer (a model card's fairness report reads them).
+    eval_sex = trainer.fairness_results["eval"]["sex"]
+    assert eval_sex["f1"] == pytest.approx(metrics["eval_fairness/sex/f1"])
+    assert eval_sex["n"] == len(eval_data) * 4 and eval_sex["per_group"]
 
 
 def test_fairness_logging_can_be_turned_off(tmp_path):
