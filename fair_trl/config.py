@@ -8,7 +8,9 @@ from trl import GRPOConfig
 
 from fair_trl.groups import GroupKeyer
 
-ADVANTAGE_ESTIMATORS = ("grpo", "fair_grpo", "fair_grpo_nd")
+ADVANTAGE_ESTIMATORS = ("grpo", "fair_grpo", "fair_grpo_nd", "rloo", "reinforce_pp", "group_dro")
+# Estimators that need each prompt's domain and demographic group.
+GROUP_AWARE_ESTIMATORS = ("fair_grpo", "fair_grpo_nd", "group_dro")
 
 
 @dataclass
@@ -18,8 +20,11 @@ class FairGRPOConfig(GRPOConfig):
 
     Parameters:
         advantage_estimator (`str`, defaults to `"fair_grpo"`):
-            `"grpo"` (TRL's own advantages), `"fair_grpo"` or `"fair_grpo_nd"` (FairGRPO without
-            demographics: every prompt's group is discovered by clustering).
+            `"grpo"` (TRL's own advantages), `"fair_grpo"`, `"fair_grpo_nd"` (FairGRPO without
+            demographics: every prompt's group is discovered by clustering), or the paper's baselines
+            `"rloo"` (leave-one-out baseline), `"reinforce_pp"` (REINFORCE++: global batch normalisation),
+            `"group_dro"` (GRPO with online Group DRO weights). GRPO + Resampling is `"grpo"` with
+            `balanced_sampling=True`.
         domain_column (`str` or `None`, defaults to `"dataset"`):
             Dataset column naming each row's domain (the source dataset). `None` puts every row in one domain.
         demographic_columns (`list[str]`, defaults to `["sex", "age"]`):
@@ -41,6 +46,11 @@ class FairGRPOConfig(GRPOConfig):
         fairness_logging_steps (`int`, defaults to `5`):
             Every this many optimizer steps, log the fairness metrics (per demographic column) of the training
             rollouts since the last such log through `report_to`. `0` turns it off.
+        balanced_sampling (`bool`, defaults to `False`):
+            Draw training prompts with probability 1 / count of their (domain, demographic group), with
+            replacement, so every cell is equally frequent (GRPO + Resampling).
+        dro_step_size (`float`, defaults to `0.01`):
+            Group DRO's exponentiated-gradient step size for the group weights.
         solution_column (`str`, defaults to `"solution"`):
             Dataset column holding the reference label(s) the fairness metrics compare answers against.
     """
@@ -48,8 +58,9 @@ class FairGRPOConfig(GRPOConfig):
     advantage_estimator: str = field(
         default="fair_grpo",
         metadata={
-            "help": "Advantage estimator: 'grpo' (TRL's group normalisation), 'fair_grpo' (FairGRPO), or "
-            "'fair_grpo_nd' (FairGRPO without demographics: groups are discovered by clustering).",
+            "help": "Advantage estimator: 'grpo' (TRL's group normalisation), 'fair_grpo' (FairGRPO), "
+            "'fair_grpo_nd' (FairGRPO without demographics: groups are discovered by clustering), 'rloo', "
+            "'reinforce_pp' or 'group_dro' (the paper's baselines).",
             "choices": list(ADVANTAGE_ESTIMATORS),
         },
     )
@@ -93,6 +104,13 @@ class FairGRPOConfig(GRPOConfig):
             "trainer.evaluate() reports them with the eval_ prefix."
         },
     )
+    balanced_sampling: bool = field(
+        default=False,
+        metadata={"help": "Resample prompts so every (domain, demographic group) is equally frequent (Resampling)."},
+    )
+    dro_step_size: float = field(
+        default=0.01, metadata={"help": "Group DRO step size for the exponentiated-gradient group weights."}
+    )
     solution_column: str = field(
         default="solution",
         metadata={"help": "Dataset column with the reference label(s) for the fairness metrics."},
@@ -106,6 +124,8 @@ class FairGRPOConfig(GRPOConfig):
         if isinstance(self.demographic_columns, str):
             self.demographic_columns = [self.demographic_columns]
         self.demographic_columns = list(self.demographic_columns)
+        if not self.dro_step_size >= 0:
+            raise ValueError(f"dro_step_size must be >= 0, got {self.dro_step_size}")
         if self.fairness_logging_steps < 0:
             raise ValueError(f"fairness_logging_steps must be >= 0, got {self.fairness_logging_steps}")
         self.age_bins = [float(b) for b in self.age_bins]
@@ -114,7 +134,7 @@ class FairGRPOConfig(GRPOConfig):
         if self.advantage_estimator != "grpo" and self.multi_objective_aggregation != "sum_then_normalize":
             raise ValueError(
                 f"advantage_estimator={self.advantage_estimator!r} needs multi_objective_aggregation="
-                f"'sum_then_normalize' (got {self.multi_objective_aggregation!r}): FairGRPO scales each prompt's "
+                f"'sum_then_normalize' (got {self.multi_objective_aggregation!r}): it works on each completion's "
                 "summed reward"
             )
         super().__post_init__()

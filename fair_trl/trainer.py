@@ -23,10 +23,12 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import GRPOTrainer
 
 from fair_trl.advantages import FairGRPOAdvantage, grpo
+from fair_trl.baselines import GroupDROAdvantage, reinforce_pp, rloo
 from fair_trl.callbacks import FairnessLoggingCallback, Rollout, fairness_results, flatten_results
-from fair_trl.config import FairGRPOConfig
+from fair_trl.config import GROUP_AWARE_ESTIMATORS, FairGRPOConfig
 from fair_trl.groups import GroupKeyer
 from fair_trl.rewards import completion_text, extract_answer
+from fair_trl.sampling import BalancedRepeatSampler, balanced_weights
 
 logger = logging.getLogger(__name__)
 
@@ -52,23 +54,13 @@ class FairGRPOTrainer(GRPOTrainer):
             bound.arguments["args"] = config
         elif not isinstance(config, FairGRPOConfig):
             raise TypeError(f"FairGRPOTrainer needs args=FairGRPOConfig(...), got {type(config).__name__}")
-        if config.advantage_estimator != "grpo":
+        if config.advantage_estimator in GROUP_AWARE_ESTIMATORS or config.balanced_sampling:
             _check_columns(bound.arguments.get("train_dataset"), config)
 
         super().__init__(*bound.args[1:], **bound.kwargs)
 
         self.group_keyer = GroupKeyer(config.demographic_columns, config.age_bins, config.max_age)
-        self.fair_estimator: FairGRPOAdvantage | None = None
-        if config.advantage_estimator != "grpo":
-            self.fair_estimator = FairGRPOAdvantage(
-                use_demographics=config.advantage_estimator == "fair_grpo",
-                epsilon=config.fair_epsilon,
-                norm_epsilon=config.fair_norm_epsilon,
-                max_clusters=config.cluster_max_k,
-                elbow_threshold=config.cluster_elbow_threshold,
-                cluster_pool_size=config.cluster_pool_size,
-                seed=config.seed,
-            )
+        self.estimator = _make_estimator(config)
         self._last_rewards_per_func: torch.Tensor | None = None
         # Rollouts scored since the last fairness log, per mode; a keyer of their own keeps the
         # estimator's missing/invalid counts from being counted twice.
@@ -79,6 +71,11 @@ class FairGRPOTrainer(GRPOTrainer):
         if config.fairness_logging_steps > 0 and config.demographic_columns:
             self.add_callback(FairnessLoggingCallback(self, config.fairness_logging_steps))
 
+    @property
+    def fair_estimator(self) -> FairGRPOAdvantage | None:
+        """The FairGRPO estimator (its running statistics), None under another advantage_estimator."""
+        return self.estimator if isinstance(self.estimator, FairGRPOAdvantage) else None
+
     # -- the seam -------------------------------------------------------------------------------
 
     def _compute_advantages(self, rewards: torch.Tensor, inputs: list[dict[str, Any]]) -> torch.Tensor:
@@ -87,10 +84,12 @@ class FairGRPOTrainer(GRPOTrainer):
         `rewards`: the summed reward of each completion, gathered from all processes (NaN where no
         reward function could score it). `inputs`: this process's rows. The caller slices its part.
         """
-        if self.fair_estimator is None:
+        if self.estimator is None:
             return grpo(rewards, self.num_generations, scale_rewards=self.scale_rewards)
+        if self.args.advantage_estimator not in GROUP_AWARE_ESTIMATORS:
+            return self.estimator(rewards, self.num_generations)
         domains, groups = self._gather_group_metadata(inputs)
-        advantages = self.fair_estimator(rewards, self.num_generations, domains, groups)
+        advantages = self.estimator(rewards, self.num_generations, domains, groups)
         self._log_estimator_step(groups)
         return advantages
 
@@ -105,7 +104,7 @@ class FairGRPOTrainer(GRPOTrainer):
         # Evaluation batches keep TRL's advantages: they train nothing and must not move the
         # estimator's running statistics. A "grpo" run with per-function normalisation is TRL's own.
         if not self.model.training or (
-            self.fair_estimator is None and self.multi_objective_aggregation != "sum_then_normalize"
+            self.estimator is None and self.multi_objective_aggregation != "sum_then_normalize"
         ):
             return output
         rewards = self._summed_rewards()
@@ -149,15 +148,37 @@ class FairGRPOTrainer(GRPOTrainer):
         return domains, [group for group in prompt_groups for _ in range(g)]
 
     def _log_estimator_step(self, groups: list[str | None]) -> None:
-        assert self.fair_estimator is not None
-        info = self.fair_estimator.last_info
+        info = self.estimator.last_info
         metrics = self._metrics["train"]
-        for domain, weight in info["weight"].items():
-            metrics[f"fair/weight/{domain}"].append(weight)
-        metrics["fair/num_clusters"].append(float(info["num_clusters"]))
+        prefix = "dro" if isinstance(self.estimator, GroupDROAdvantage) else "fair"
+        for key, weight in info["weight"].items():
+            metrics[f"{prefix}/weight/{key}"].append(weight)
+        if "num_clusters" in info:
+            metrics["fair/num_clusters"].append(float(info["num_clusters"]))
         metrics["fair/unknown_group_frac"].append(sum(g is None for g in groups) / max(len(groups), 1))
         summary = self.group_keyer.summary()
         metrics["fair/invalid_demographics"].append(float(sum(summary["invalid"].values())))
+
+    # -- sampling -------------------------------------------------------------------------------
+
+    def _get_train_sampler(self, dataset=None):
+        if not self.args.balanced_sampling:
+            return super()._get_train_sampler(dataset)
+        dataset = dataset if dataset is not None else self.train_dataset
+        # Only the metadata columns: images are never decoded to compute the weights.
+        columns = [c for c in [self.args.domain_column, *self.args.demographic_columns] if c]
+        rows = dataset.select_columns(columns).to_list()
+        keyer = GroupKeyer(self.args.demographic_columns, self.args.age_bins, self.args.max_age)
+        weights = balanced_weights([_domain_of(r, self.args.domain_column) for r in rows], keyer.keys(rows))
+        return BalancedRepeatSampler(
+            weights,
+            data_source=dataset,
+            mini_repeat_count=self.num_generations,
+            batch_size=self.args.generation_batch_size // self.num_generations,
+            repeat_count=self.num_iterations * self.args.steps_per_generation,
+            shuffle=True,
+            seed=self.args.seed,
+        )
 
     # -- fairness logging -----------------------------------------------------------------------
 
@@ -203,27 +224,49 @@ class FairGRPOTrainer(GRPOTrainer):
 
     def _save_checkpoint(self, model, trial):
         super()._save_checkpoint(model, trial)
-        if self.fair_estimator is not None and self.args.should_save:
+        if hasattr(self.estimator, "state_dict") and self.args.should_save:
             folder = os.path.join(
                 self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
             )
             with open(os.path.join(folder, ESTIMATOR_STATE_FILE), "w") as f:
-                json.dump(self.fair_estimator.state_dict(), f)
+                json.dump(self.estimator.state_dict(), f)
 
     def _load_optimizer_and_scheduler(self, checkpoint):
         super()._load_optimizer_and_scheduler(checkpoint)
-        if self.fair_estimator is None or checkpoint is None:
+        if not hasattr(self.estimator, "load_state_dict") or checkpoint is None:
             return
         path = os.path.join(checkpoint, ESTIMATOR_STATE_FILE)
         if not os.path.exists(path):
             logger.warning(
-                "%s has no %s: FairGRPO's running statistics start afresh from this resume",
+                "%s has no %s: the advantage estimator's running statistics start afresh from this resume",
                 checkpoint,
                 ESTIMATOR_STATE_FILE,
             )
             return
         with open(path) as f:
-            self.fair_estimator.load_state_dict(json.load(f))
+            self.estimator.load_state_dict(json.load(f))
+
+
+def _make_estimator(config: FairGRPOConfig) -> Any:
+    """The configured advantage estimator; None for "grpo", which keeps TRL's own computation."""
+    name = config.advantage_estimator
+    if name in ("fair_grpo", "fair_grpo_nd"):
+        return FairGRPOAdvantage(
+            use_demographics=name == "fair_grpo",
+            epsilon=config.fair_epsilon,
+            norm_epsilon=config.fair_norm_epsilon,
+            max_clusters=config.cluster_max_k,
+            elbow_threshold=config.cluster_elbow_threshold,
+            cluster_pool_size=config.cluster_pool_size,
+            seed=config.seed,
+        )
+    if name == "group_dro":
+        return GroupDROAdvantage(step_size=config.dro_step_size, scale_rewards=config.scale_rewards)
+    if name == "rloo":
+        return rloo
+    if name == "reinforce_pp":
+        return lambda rewards, num_generations: reinforce_pp(rewards)
+    return None
 
 
 def _domain_of(row: Mapping[str, Any], column: str | None) -> str:

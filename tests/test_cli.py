@@ -35,7 +35,8 @@ def test_demo_prints_per_group_rewards(capsys):
 def test_demo_rejects_an_unknown_estimator(capsys):
     with pytest.raises(SystemExit):
         main(["demo", "--estimator", "ppo"])
-    assert "--estimator must be one of grpo, fair_grpo, fair_grpo_nd" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "--estimator must be one of grpo, fair_grpo, fair_grpo_nd, rloo, reinforce_pp, group_dro" in err
 
 
 def test_build_dataset_saves_a_loadable_split_with_its_summary(tmp_path, capsys):

@@ -1,0 +1,57 @@
+"""GRPO + Resampling (Puyol-Antón et al., 2021): draw prompts so every (domain, group) is equally frequent.
+
+Each row is drawn with probability proportional to ``1 / count(domain, group)``, with replacement, so
+in expectation every (domain, group) cell supplies the same number of prompts per epoch. Rows with no
+demographics form their domain's "unknown" cell. The draw keeps TRL's `RepeatSampler` layout (each
+prompt repeated `num_generations` times, chunks repeated for `steps_per_generation`), and all
+processes draw the same indices from the same seed.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from trl.trainer.utils import RepeatSampler
+
+__all__ = ["BalancedRepeatSampler", "balanced_weights"]
+
+
+def balanced_weights(domains: Sequence[str], groups: Sequence[str | None]) -> np.ndarray:
+    """Per-row sampling probabilities: ``1 / count`` of the row's (domain, group) cell, normalised."""
+    if len(domains) != len(groups):
+        raise ValueError(f"domains ({len(domains)}) and groups ({len(groups)}) must have the same length")
+    if not domains:
+        raise ValueError("no rows to sample from")
+    cells = list(zip(domains, groups, strict=True))
+    counts = Counter(cells)
+    weights = np.array([1.0 / counts[cell] for cell in cells])
+    return weights / weights.sum()
+
+
+class BalancedRepeatSampler(RepeatSampler):
+    """TRL's `RepeatSampler`, with each epoch's index order drawn by `weights` with replacement."""
+
+    def __init__(self, weights: np.ndarray, **kwargs):
+        super().__init__(**kwargs)
+        if len(weights) != self.num_samples:
+            raise ValueError(f"weights has {len(weights)} entries for a dataset of {self.num_samples} rows")
+        self.weights = torch.as_tensor(weights, dtype=torch.double)
+        # Drawn even when TRL would not shuffle: a weighted draw is the point of this sampler.
+        self.generator = torch.Generator()
+        if self.seed is not None:
+            self.generator.manual_seed(self.seed)
+
+    def __iter__(self):
+        indexes = torch.multinomial(self.weights, self.num_samples, replacement=True, generator=self.generator)
+        indexes = indexes.tolist()
+        chunks = [indexes[i : i + self.batch_size] for i in range(0, len(indexes), self.batch_size)]
+        for chunk in chunks:
+            if len(chunk) < self.batch_size:
+                continue
+            for _ in range(self.repeat_count):
+                for index in chunk:
+                    for _ in range(self.mini_repeat_count):
+                        yield index
