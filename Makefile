@@ -36,6 +36,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/advantages.py
 	$(PY) benchmarks/synthetic_data.py
+	$(PY) benchmarks/long_run_memory.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

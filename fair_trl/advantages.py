@@ -273,7 +273,10 @@ class FairGRPOAdvantage:
         groups: Sequence[str | None],
     ) -> torch.Tensor:
         grouped = _as_prompt_rows(rewards, num_generations)
-        r = grouped.detach().to("cpu", torch.float64).numpy()
+        r = grouped.detach().to("cpu", torch.float64).numpy().copy()
+        # An infinite reward cannot be normalised or summed into the running statistics: it is
+        # unscorable, like NaN (the trainer counts and reports such rewards before they get here).
+        r[np.isinf(r)] = np.nan
         prompt_domains = _per_prompt(domains, num_generations, len(r), "domains")
         prompt_groups = _per_prompt(groups, num_generations, len(r), "groups")
         if not self.use_demographics:
@@ -322,7 +325,10 @@ class FairGRPOAdvantage:
         # Unbiased std as torch.std and TRL use; a prompt with < 2 scored rollouts has none, so s = 0.
         var = (centred**2).sum(axis=1) / np.maximum(n_valid - 1, 1)
         s = centred / (np.sqrt(var)[:, None] + self.norm_epsilon)
-        s[n_valid < 2] = 0.0
+        # Equal rewards carry no signal; in float64, rounding in the mean would otherwise leave tiny
+        # residuals that the batch-std rescaling blows up to unit size.
+        spread = np.where(valid, r, -np.inf).max(axis=1) - np.where(valid, r, np.inf).min(axis=1)
+        s[(n_valid < 2) | (spread == 0)] = 0.0
         return np.where(valid, s, 0.0)
 
     def _accumulate(

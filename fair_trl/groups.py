@@ -319,3 +319,14 @@ class GroupKeyer:
             "missing": dict(self.missing_counts),
             "invalid": dict(self.invalid_counts),
         }
+
+    def state_dict(self) -> dict[str, Any]:
+        """The counts and the columns already warned about, so a resumed run continues them."""
+        return {**self.summary(), "warned": sorted(self._warned)}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.rows_seen = int(state["rows"])
+        self.rows_without_key = int(state["rows_without_key"])
+        self.missing_counts = {**self.missing_counts, **{str(k): int(v) for k, v in state["missing"].items()}}
+        self.invalid_counts = {**self.invalid_counts, **{str(k): int(v) for k, v in state["invalid"].items()}}
+        self._warned = set(state.get("warned", ()))

@@ -33,6 +33,7 @@ from fair_trl.sampling import BalancedRepeatSampler, balanced_weights
 logger = logging.getLogger(__name__)
 
 ESTIMATOR_STATE_FILE = "fair_grpo_state.json"
+GROUP_KEYER_STATE_FILE = "group_keyer_state.json"
 UNKNOWN_DOMAIN = "unknown"
 
 
@@ -66,6 +67,9 @@ class FairGRPOTrainer(GRPOTrainer):
         # estimator's missing/invalid counts from being counted twice.
         self._rollouts: dict[str, list[Rollout]] = {"train": [], "eval": []}
         self._fairness_keyer = GroupKeyer(config.demographic_columns, config.age_bins, config.max_age)
+        # One warning per bad column in all, not one per keyer.
+        self._fairness_keyer._warned = self.group_keyer._warned
+        self._warned_nonfinite: set[str] = set()
         # The latest full `compute_fairness` output per attribute, per mode (e.g. for a model card).
         self.fairness_results: dict[str, dict[str, Any]] = {"train": {}, "eval": {}}
         if config.fairness_logging_steps > 0 and config.demographic_columns:
@@ -115,9 +119,27 @@ class FairGRPOTrainer(GRPOTrainer):
         return output
 
     def _summed_rewards(self) -> torch.Tensor:
-        """The same weighted sum TRL's "sum_then_normalize" path forms, NaN for unscorable rows."""
+        """The same weighted sum TRL's "sum_then_normalize" path forms, NaN for unscorable rows.
+
+        An infinite reward makes its completion unscorable (NaN): it would otherwise zero the whole
+        batch's advantages and the running statistics of its domain for good. It is counted in
+        ``fair/nonfinite_rewards`` and warned about once per reward function.
+        """
         per_func = self._last_rewards_per_func
         assert per_func is not None, "_calculate_rewards did not run"
+        infinite = torch.isinf(per_func)
+        if infinite.any():
+            per_func = per_func.masked_fill(infinite, torch.nan)
+            for i in torch.nonzero(infinite.any(dim=0)).flatten().tolist():
+                name = self.reward_func_names[i]
+                if name not in self._warned_nonfinite:
+                    self._warned_nonfinite.add(name)
+                    logger.warning(
+                        "Reward function %r returned inf for some completions; they are treated as unscorable "
+                        "(advantage 0). Further ones are only counted in fair/nonfinite_rewards.",
+                        name,
+                    )
+        self._metrics["train"]["fair/nonfinite_rewards"].append(float(infinite.any(dim=1).sum()))
         unscorable = torch.isnan(per_func).all(dim=1)
         rewards = (per_func * self.reward_weights.to(per_func.device).unsqueeze(0)).nansum(dim=1)
         rewards[unscorable] = torch.nan
@@ -183,6 +205,8 @@ class FairGRPOTrainer(GRPOTrainer):
     # -- fairness logging -----------------------------------------------------------------------
 
     def _record_rollouts(self, inputs: list[dict[str, Any]], completions: list[Any]) -> None:
+        if self.model.training and (self.args.fairness_logging_steps <= 0 or not self.args.demographic_columns):
+            return  # nothing would ever log (and clear) the buffer
         solution = self.args.solution_column
         buffer = self._rollouts["train" if self.model.training else "eval"]
         for row, completion in zip(inputs, completions, strict=True):
@@ -207,7 +231,10 @@ class FairGRPOTrainer(GRPOTrainer):
         logs = self._fairness_logs("train")
         if logs:
             # The base Trainer.log: TRL's own would flush its step metrics early, off its logging_steps.
+            # Its on_log resets control.should_log, which would drop this step's regular log: keep it.
+            should_log = self.control.should_log
             super(GRPOTrainer, self).log(logs)
+            self.control.should_log = should_log
 
     def evaluate(self, *args: Any, **kwargs: Any) -> dict[str, float]:
         self._rollouts["eval"] = []
@@ -223,17 +250,27 @@ class FairGRPOTrainer(GRPOTrainer):
     # -- checkpoints ----------------------------------------------------------------------------
 
     def _save_checkpoint(self, model, trial):
-        super()._save_checkpoint(model, trial)
-        if hasattr(self.estimator, "state_dict") and self.args.should_save:
+        # Written before transformers writes trainer_state.json and rotates old checkpoints: a checkpoint
+        # that looks complete to `get_last_checkpoint` then always holds the estimator's state too.
+        if self.args.should_save:
             folder = os.path.join(
                 self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
             )
-            with open(os.path.join(folder, ESTIMATOR_STATE_FILE), "w") as f:
-                json.dump(self.estimator.state_dict(), f)
+            os.makedirs(folder, exist_ok=True)
+            if hasattr(self.estimator, "state_dict"):
+                _write_json_atomically(os.path.join(folder, ESTIMATOR_STATE_FILE), self.estimator.state_dict())
+            _write_json_atomically(os.path.join(folder, GROUP_KEYER_STATE_FILE), self.group_keyer.state_dict())
+        super()._save_checkpoint(model, trial)
 
     def _load_optimizer_and_scheduler(self, checkpoint):
         super()._load_optimizer_and_scheduler(checkpoint)
-        if not hasattr(self.estimator, "load_state_dict") or checkpoint is None:
+        if checkpoint is None:
+            return
+        keyer_path = os.path.join(checkpoint, GROUP_KEYER_STATE_FILE)
+        if os.path.exists(keyer_path):
+            with open(keyer_path) as f:
+                self.group_keyer.load_state_dict(json.load(f))
+        if not hasattr(self.estimator, "load_state_dict"):
             return
         path = os.path.join(checkpoint, ESTIMATOR_STATE_FILE)
         if not os.path.exists(path):
@@ -245,6 +282,12 @@ class FairGRPOTrainer(GRPOTrainer):
             return
         with open(path) as f:
             self.estimator.load_state_dict(json.load(f))
+
+
+def _write_json_atomically(path: str, value: Any) -> None:
+    with open(path + ".tmp", "w") as f:
+        json.dump(value, f)
+    os.replace(path + ".tmp", path)
 
 
 def _make_estimator(config: FairGRPOConfig) -> Any:

@@ -170,5 +170,7 @@ def test_fairness_logging_can_be_turned_off(tmp_path):
     )
     trainer.train()
     assert not any(k.startswith("fairness/") for row in trainer.state.log_history for k in row)
+    # Nothing is buffered either: with no log to clear it, a long run would grow without bound.
+    assert trainer._rollouts["train"] == []
     with pytest.raises(ValueError, match="fairness_logging_steps must be >= 0"):
         FairGRPOConfig(output_dir=str(tmp_path), fairness_logging_steps=-1)

@@ -11,6 +11,8 @@ Generic on purpose (no dataset names in here), so any builder under `fair_trl.da
   naming the missing column(s), the file and the columns present when a required column is absent. A
   `header` callback can pick the header row among the first rows and rename its columns (for releases
   whose header spans several rows or spells column names loosely).
+* `decodable(paths, summary)`: whether every image file decodes; a corrupt or truncated one is counted as
+  ``skipped["unreadable_image"]`` (and logged once per build), so training never meets it mid-run.
 * `ImageIndex(root, suffixes)`: one recursive walk of `root`; every matching file in sorted path order
   (`paths`), and lookups by name or by stem, case-insensitively (releases ship images in part folders
   such as ``..._part_1/``, ``..._part_2/``).
@@ -19,11 +21,37 @@ Generic on purpose (no dataset names in here), so any builder under `fair_trl.da
 from __future__ import annotations
 
 import csv
+import logging
 import os
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
-__all__ = ["ImageIndex", "find_file", "locate_file", "read_csv", "require_dir"]
+logger = logging.getLogger(__name__)
+
+__all__ = ["ImageIndex", "decodable", "find_file", "locate_file", "read_csv", "require_dir"]
+
+
+def decodable(paths: Iterable[Path | str], summary: Any) -> bool:
+    """True when every image decodes; else counts the row in ``summary.skipped["unreadable_image"]``.
+
+    A full decode (not just a header check), because truncated JPEGs open fine and fail only on load,
+    which in training would be mid-run.
+    """
+    from PIL import Image
+
+    for path in paths:
+        try:
+            with Image.open(path) as image:
+                image.load()
+        except (OSError, ValueError, SyntaxError) as err:
+            if not summary.skipped["unreadable_image"]:
+                logger.warning(
+                    "%s: skipping unreadable image %s (%s); further ones are only counted", summary.dataset, path, err
+                )
+            summary.skipped["unreadable_image"] += 1
+            return False
+    return True
 
 
 def require_dir(data_dir: Path | str | None, dataset: str, what: str = "the unpacked public release") -> Path:

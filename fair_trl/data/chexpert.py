@@ -44,7 +44,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from fair_trl.data._release import locate_file, read_csv, require_dir
+from fair_trl.data._release import decodable, locate_file, read_csv, require_dir
 from fair_trl.data.schema import BuildSummary, schema_age, schema_sex
 from fair_trl.labels import DATASET_LABELS
 
@@ -106,6 +106,8 @@ def read(
         image = _resolve(record["Path"], bases)
         if image is None:
             summary.skipped["missing_image"] += 1
+            continue
+        if not decodable([image], summary):
             continue
         rows.append(
             {

@@ -34,6 +34,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from fair_trl.data._release import decodable
 from fair_trl.data.schema import BuildSummary, schema_age, schema_sex
 from fair_trl.labels import DATASET_LABELS, SYNONYMS, canonical_dataset, label_key
 
@@ -152,6 +153,8 @@ def _row(
     paths = [p if (p := Path(image).expanduser()).is_absolute() else file.parent / p for image in images]
     if not all(p.is_file() for p in paths):
         summary.skipped["missing_image"] += 1
+        return None
+    if not decodable(paths, summary):
         return None
     solution = _solution(record["answer"], dataset, lookups)
     if solution is None:

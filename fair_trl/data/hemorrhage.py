@@ -35,7 +35,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from fair_trl.data._release import ImageIndex, locate_file, read_csv, require_dir
+from fair_trl.data._release import ImageIndex, decodable, locate_file, read_csv, require_dir
 from fair_trl.data.schema import BuildSummary, schema_age, schema_sex
 
 __all__ = ["DEMOGRAPHICS_FILES", "DIAGNOSIS_FILES", "WINDOWS", "read"]
@@ -152,6 +152,8 @@ def read(
         paths = [slices.get((patient, w, number)) for w in windows]
         if any(p is None for p in paths):
             summary.skipped["missing_image"] += 1
+            continue
+        if not decodable(paths, summary):
             continue
         age_text, sex_text = demographics.get(patient, (None, None))
         row: dict[str, Any] = {

@@ -32,7 +32,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from fair_trl.data._media import MediaError, dicom_to_uint8, warn_once
-from fair_trl.data._release import ImageIndex, locate_file, read_csv, require_dir
+from fair_trl.data._release import ImageIndex, decodable, locate_file, read_csv, require_dir
 from fair_trl.data.schema import BuildSummary, png_bytes, schema_age, schema_sex
 
 NAME = "isic2020"
@@ -81,6 +81,8 @@ def read(
         name = record["image_name"]
         path = images.find(name, _RASTER_SUFFIXES)
         if path is not None:
+            if not decodable([path], summary):
+                continue
             image: Any = str(path.absolute())
         else:
             dicom = images.find(name, (".dcm",))

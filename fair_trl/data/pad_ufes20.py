@@ -33,7 +33,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from fair_trl.data._release import ImageIndex, locate_file, read_csv, require_dir
+from fair_trl.data._release import ImageIndex, decodable, locate_file, read_csv, require_dir
 from fair_trl.data.schema import BuildSummary, schema_age, schema_sex
 from fair_trl.labels import DATASET_LABELS
 
@@ -73,6 +73,8 @@ def read(
         image = images.get(record["img_id"])
         if image is None:
             summary.skipped["missing_image"] += 1
+            continue
+        if not decodable([image], summary):
             continue
         rows.append(
             {
