@@ -27,11 +27,11 @@ demo: $(STAMP)
 	$(VENV)/bin/fair-trl demo
 
 test: $(STAMP)
-	$(VENV)/bin/ruff check fair_trl tests benchmarks
+	$(VENV)/bin/ruff check fair_trl tests benchmarks recipes
 	HF_HUB_OFFLINE=1 WANDB_MODE=offline $(PY) -m pytest -q
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check fair_trl tests benchmarks
+	$(VENV)/bin/ruff check fair_trl tests benchmarks recipes
 
 bench: $(STAMP)
 	$(PY) benchmarks/advantages.py

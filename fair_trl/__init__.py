@@ -17,6 +17,7 @@ _EXPORTS = {
     "accuracy_reward": "fair_trl.rewards",
     "format_reward": "fair_trl.rewards",
     "build_dataset": "fair_trl.data",
+    "write_model_card": "fair_trl.model_card",
 }
 
 __all__ = sorted(_EXPORTS)

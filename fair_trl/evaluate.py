@@ -21,7 +21,7 @@ from fair_trl.labels import canonical_labels
 from fair_trl.metrics import compute_fairness, to_label_set
 from fair_trl.rewards import parse_prediction
 
-__all__ = ["Predictions", "evaluate_file", "markdown_report", "read_predictions", "text_report"]
+__all__ = ["Predictions", "evaluate_file", "markdown_report", "markdown_tables", "read_predictions", "text_report"]
 
 REQUIRED_FIELDS = ("prediction", "reference", "dataset")
 SUMMARY_COLUMNS = (
@@ -156,9 +156,11 @@ def _fmt(value: float) -> str:
     return f"{value:.3f}"
 
 
-def _tables(report: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]], int]]:
-    """(title, header, rows, label columns) of the summary table and of each attribute's per-group table."""
-    results = report["attributes"]
+def _tables(results: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]], int]]:
+    """(title, header, rows, label columns) of the summary table and of each attribute's per-group table.
+
+    `results`: {attribute: `compute_fairness` output}.
+    """
     summary_rows = [[attribute] + [_fmt(r[key]) for _, key in SUMMARY_COLUMNS] for attribute, r in results.items()]
     tables = [("Summary (Table 2 style)", ["attribute"] + [name for name, _ in SUMMARY_COLUMNS], summary_rows, 1)]
     for attribute, result in results.items():
@@ -189,7 +191,7 @@ def _footer(report: dict[str, Any]) -> list[str]:
 
 def text_report(report: dict[str, Any]) -> str:
     out = []
-    for title, header, rows, lead in _tables(report):
+    for title, header, rows, lead in _tables(report["attributes"]):
         widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(header)]
 
         def line(cells: list[str], widths: list[int] = widths, lead: int = lead) -> str:
@@ -202,13 +204,18 @@ def text_report(report: dict[str, Any]) -> str:
     return "\n".join(out + _footer(report)) + "\n"
 
 
-def markdown_report(report: dict[str, Any]) -> str:
+def markdown_tables(results: dict[str, Any]) -> list[str]:
+    """Markdown lines of the summary table and the per-group tables; `results`: {attribute: compute_fairness output}."""
     out = []
-    for title, header, rows, _ in _tables(report):
+    for title, header, rows, _ in _tables(results):
         out += [f"### {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         out += ["| " + " | ".join(row) + " |" for row in rows]
         out.append("")
-    return "\n".join(out + _footer(report)) + "\n"
+    return out
+
+
+def markdown_report(report: dict[str, Any]) -> str:
+    return "\n".join(markdown_tables(report["attributes"]) + _footer(report)) + "\n"
 
 
 def to_json(report: dict[str, Any]) -> str:

@@ -247,6 +247,22 @@ class FairGRPOTrainer(GRPOTrainer):
                 self._metrics["eval"][key] = [value]
         super().log(logs, start_time)
 
+    # -- publishing -----------------------------------------------------------------------------
+
+    def create_model_card(
+        self,
+        model_name: str | None = None,
+        dataset_name: str | list[str] | None = None,
+        tags: str | list[str] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """The fairness model card (fair_trl.model_card) instead of TRL's; `push_to_hub` uploads it."""
+        if not self.is_world_process_zero():
+            return
+        from fair_trl.model_card import write_model_card
+
+        write_model_card(self, dataset_names=dataset_name, model_name=model_name, tags=tags)
+
     # -- checkpoints ----------------------------------------------------------------------------
 
     def _save_checkpoint(self, model, trial):

@@ -14,10 +14,10 @@ then short real `FairGRPOTrainer` runs of the tiny text model):
 | every group unknown in a batch | all prompts clustered by reward vectors; `fair/unknown_group_frac` = 1; fairness logging has no group to score and logs nothing | here (estimator, run); test_trainer.py (bad_demographics) |
 | reward function returning None | TRL makes it NaN; advantage 0, left out of every statistic (TRL warns when all functions return None) | here (estimator, run); test_advantages.py (nan_rewards) |
 | reward function returning NaN | as None | here (estimator, run) |
-| reward function returning +-inf | **bug at the time of writing**: the whole batch's advantages become 0 and the domain's running sums become inf, zeroing that domain for the rest of the run, with no message. Wanted: as NaN (advantage 0, left out of the statistics), with a warning naming the value | here (estimator, run: fail until fixed) |
+| reward function returning +-inf | unscorable, as NaN: advantage 0, left out of every statistic; warned once per reward function ("returned inf") and counted in `fair/nonfinite_rewards` | here (estimator, run) |
 | completion with no parseable answer | reward 0, counted in `AccuracyReward.no_valid_label` and logged as `accuracy/no_valid_label_frac`; in fairness metrics it is negative for every class | here (rewards, run); test_rewards.py |
 | missing image file in a builder | row skipped, counted as `skipped["missing_image"]` | here (ham10000); test_data_skin.py, test_data_chexpert.py, test_data_vindr.py, ... |
-| corrupt image file (JPEG) in a builder | **bug at the time of writing**: kept, and decoding it raises mid-run (PIL UnidentifiedImageError / OSError). Wanted: skipped and counted like unreadable DICOMs (`skipped["unreadable_image"]`) | here (ham10000: fail until fixed) |
+| corrupt image file (JPEG) in a builder | decoded at build time; skipped, counted as `skipped["unreadable_image"]` and warned once | here (ham10000) |
 | corrupt DICOM / video | skipped, counted as unreadable_dicom / unreadable_video, warned once | test_data_skin.py (isic2020), test_data_vindr.py, test_data_covid_blues.py |
 | predictions file: malformed JSON lines | stops with the line number (exit 2), or with `--skip-invalid` skipped and counted in the report | here (several kinds); test_evaluate_cli.py |
 | predictions file: unknown dataset | classes are the labels its references use (recorded in the JSON's `classes`); predictions naming none of them count as no valid label | here |

@@ -197,8 +197,8 @@ def test_fairness_window_is_not_double_counted_across_the_resume(runs):
 def test_invalid_demographic_count_continues_across_the_resume(runs):
     """`fair/invalid_demographics` is a running count (counted in the logs, issue part 3); a resume must not reset it.
 
-    KNOWN BUG at the time of writing: the trainer's GroupKeyer counts are not checkpointed, so the resumed run
-    counts from 0 again and under-reports the invalid values seen before the kill.
+    The trainer's GroupKeyer counts are checkpointed (`group_keyer_state.json`) for this; without them the resumed
+    run would count from 0 again and under-report the invalid values seen before the kill.
     """
     key = "fair/invalid_demographics"
     full = [e[key] for e in runs["full"]["log_history"] if key in e]
@@ -213,9 +213,9 @@ def test_kill_between_transformers_checkpoint_and_estimator_state_does_not_lose_
     rotated away) but before `fair_grpo_state.json` is written.
 
     `get_last_checkpoint` picks that checkpoint. Acceptable outcomes: the estimator state is there (written before
-    the checkpoint looks complete) and the run continues exactly, or the resume refuses. KNOWN BUG at the time of
-    writing: `FairGRPOTrainer._save_checkpoint` writes the state after `super()._save_checkpoint`, so the resume
-    only warns and restarts the running statistics from zero.
+    the checkpoint looks complete) and the run continues exactly, or the resume refuses. A state written after
+    `super()._save_checkpoint` would be missing here, and the resume would only warn and restart the running
+    statistics from zero.
     """
     checkpoint, outcome = runs["torn_checkpoint"], runs["torn_resumed"]
     assert checkpoint.name == f"checkpoint-{CHECKPOINT}"
@@ -232,10 +232,10 @@ def test_kill_between_transformers_checkpoint_and_estimator_state_does_not_lose_
 def test_fairness_log_does_not_swallow_the_step_log(runs):
     """With logging_steps=1 every step's TRL log (loss, rewards, fair/*) must reach log_history.
 
-    KNOWN BUG at the time of writing: `FairGRPOTrainer.log_fairness` runs in `on_step_end` and calls `Trainer.log`,
-    whose `on_log` resets `control.should_log`; the regular log of every step that is a multiple of
-    `fairness_logging_steps` is dropped and its metrics are averaged into the next one. With the defaults
-    (logging_steps=10, fairness_logging_steps=5) every regular log lands on a fairness step, so none is written.
+    `FairGRPOTrainer.log_fairness` runs in `on_step_end` and calls `Trainer.log`, whose `on_log` resets
+    `control.should_log`; unless the trainer keeps the flag, the regular log of every step that is a multiple of
+    `fairness_logging_steps` is dropped (with the defaults, logging_steps=10 and fairness_logging_steps=5, all of
+    them).
     """
     steps = sorted(by_step(runs["full"]["log_history"], "loss"))
     assert steps == list(range(1, STEPS + 1))
