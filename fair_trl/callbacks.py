@@ -15,8 +15,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from transformers import TrainerCallback
 
-from fair_trl.labels import canonical_labels
-from fair_trl.metrics import compute_fairness, to_label_set
+from fair_trl.metrics import compute_fairness, dataset_classes
 from fair_trl.rewards import LabelMatcher
 
 if TYPE_CHECKING:
@@ -50,19 +49,11 @@ class Rollout(NamedTuple):
     groups: Mapping[str, str | None]  # attribute column -> group ("a3", "F") or None when unknown
 
 
-def _class_lists(rollouts: Sequence[Rollout]) -> dict[str, tuple[str, ...]]:
-    """Each dataset's label set: the known one, else every label its references used."""
-    seen: dict[str, set[str]] = {}
-    for r in rollouts:
-        seen.setdefault(r.dataset, set()).update(to_label_set(r.reference))
-    return {name: canonical_labels(name) or tuple(sorted(labels)) for name, labels in seen.items()}
-
-
 def fairness_results(rollouts: Sequence[Rollout], attributes: Iterable[str]) -> dict[str, dict[str, Any]]:
     """`compute_fairness` output per attribute that has at least one known group; {} without rollouts."""
     if not rollouts:
         return {}
-    classes = _class_lists(rollouts)
+    classes = dataset_classes([r.dataset for r in rollouts], [r.reference for r in rollouts])
     matchers = {name: LabelMatcher(labels) for name, labels in classes.items()}
     predictions = [matchers[r.dataset].match(r.answer) if r.answer else frozenset() for r in rollouts]
     references = [matchers[r.dataset].match(r.reference) for r in rollouts]

@@ -17,8 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from fair_trl.groups import GroupKeyer
-from fair_trl.labels import canonical_labels
-from fair_trl.metrics import compute_fairness, to_label_set
+from fair_trl.metrics import compute_fairness, dataset_classes, to_label_set
 from fair_trl.rewards import parse_prediction
 
 __all__ = ["Predictions", "evaluate_file", "markdown_report", "markdown_tables", "read_predictions", "text_report"]
@@ -103,14 +102,6 @@ def read_predictions(path: str | Path, skip_invalid: bool = False) -> Prediction
     return out
 
 
-def _classes(data: Predictions) -> dict[str, tuple[str, ...]]:
-    """Known datasets use their full label set; others the labels their references use."""
-    classes: dict[str, set[str]] = {}
-    for dataset, reference in zip(data.datasets, data.references, strict=True):
-        classes.setdefault(dataset, set()).update(to_label_set(reference))
-    return {name: canonical_labels(name) or tuple(sorted(labels)) for name, labels in classes.items()}
-
-
 def _labels(value: Any, classes: Sequence[str]) -> frozenset[str]:
     if value is None:
         return frozenset()
@@ -128,7 +119,7 @@ def evaluate_file(
 ) -> dict[str, Any]:
     """{"attributes": {attribute: compute_fairness(...)}, "samples": n, "skipped_lines": [...]}."""
     data = read_predictions(path, skip_invalid)
-    classes = _classes(data)
+    classes = dataset_classes(data.datasets, data.references)
     predictions = [_labels(p, classes[d]) for p, d in zip(data.predictions, data.datasets, strict=True)]
     references = [_labels(r, classes[d]) for r, d in zip(data.references, data.datasets, strict=True)]
     for line, reference, raw, dataset in zip(data.lines, references, data.references, data.datasets, strict=True):

@@ -23,12 +23,13 @@ from typing import Any
 
 import numpy as np
 
-from fair_trl.labels import label_key
+from fair_trl.labels import canonical_labels, label_key
 
 __all__ = [
     "GROUP_METRICS",
     "SUMMARY_KEYS",
     "compute_fairness",
+    "dataset_classes",
     "dataset_disparities",
     "spread",
     "to_label_set",
@@ -58,6 +59,14 @@ def to_label_set(value: Labels) -> frozenset[str]:
         return frozenset()
     parts = value.split(",") if isinstance(value, str) else value
     return frozenset(p.strip() for p in parts if p is not None and p.strip())
+
+
+def dataset_classes(datasets: Sequence[str], references: Sequence[Labels]) -> dict[str, tuple[str, ...]]:
+    """Each dataset's classes: its known label set (fair_trl.labels), else every label its references use."""
+    seen: dict[str, set[str]] = {}
+    for dataset, reference in zip(datasets, references, strict=True):
+        seen.setdefault(dataset, set()).update(to_label_set(reference))
+    return {name: canonical_labels(name) or tuple(sorted(labels)) for name, labels in seen.items()}
 
 
 def _ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:

@@ -16,10 +16,9 @@ CPU smoke test (offline, tiny model; run by tests/test_recipes.py):
     fair-trl tiny-model /tmp/tiny --kind vlm
     accelerate launch --cpu --num_processes 1 recipes/fairmedgemma.py --config recipes/fairmedgemma.yaml \\
         --model_name_or_path /tmp/tiny --dataset_name synthetic --use_vllm false --max_steps 2 \\
-        --report_to none --output_dir /tmp/out --bf16 false --push_to_hub false \\
-        --gradient_accumulation_steps 5 --steps_per_generation 20
+        --report_to none --output_dir /tmp/out --bf16 false --push_to_hub false
 
-(the last two shrink Table 3's batch of 1280 completions per process to 80 for a CPU; recipes/README.md).
+(about 3.5 minutes on 2 CPU cores at Table 3's batch; recipes/README.md shows a faster variant).
 
 `--dataset_name` is one of
 * `synthetic`: the generated benchmark of `fair_trl.data` (`--synthetic_num_rows` rows, seeded by `--seed`);
