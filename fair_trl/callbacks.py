@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from transformers import TrainerCallback
 
 from fair_trl.metrics import compute_fairness, dataset_classes
-from fair_trl.rewards import LabelMatcher
+from fair_trl.rewards import matcher_for
 
 if TYPE_CHECKING:
     from fair_trl.trainer import FairGRPOTrainer
@@ -54,7 +54,7 @@ def fairness_results(rollouts: Sequence[Rollout], attributes: Iterable[str]) -> 
     if not rollouts:
         return {}
     classes = dataset_classes([r.dataset for r in rollouts], [r.reference for r in rollouts])
-    matchers = {name: LabelMatcher(labels) for name, labels in classes.items()}
+    matchers = {name: matcher_for(labels) for name, labels in classes.items()}
     predictions = [matchers[r.dataset].match(r.answer) if r.answer else frozenset() for r in rollouts]
     references = [matchers[r.dataset].match(r.reference) for r in rollouts]
     datasets = [r.dataset for r in rollouts]

@@ -21,7 +21,7 @@ from datasets import Dataset
 from fair_trl.groups import GroupKeyer
 from fair_trl.labels import canonical_labels
 from fair_trl.metrics import to_label_set
-from fair_trl.rewards import LabelMatcher, completion_text
+from fair_trl.rewards import completion_text, matcher_for
 
 
 def demo_dataset(num_rows: int = 512, seed: int = 0, split: str = "train") -> Dataset:
@@ -33,7 +33,7 @@ def demo_dataset(num_rows: int = 512, seed: int = 0, split: str = "train") -> Da
 
 def mentioned_labels(text: str, labels: tuple[str, ...], longest: int = 3) -> frozenset[str]:
     """Labels named anywhere in `text`, by any run of up to `longest` consecutive words."""
-    matcher = LabelMatcher(labels)
+    matcher = matcher_for(labels)
     words = text.split()
     found = set()
     for n in range(1, longest + 1):

@@ -25,6 +25,7 @@ __all__ = [
     "completion_text",
     "extract_answer",
     "format_reward",
+    "matcher_for",
     "parse_prediction",
     "split_labels",
 ]
@@ -84,7 +85,8 @@ class LabelMatcher:
 _MATCHERS: dict[tuple[str, ...], LabelMatcher] = {}
 
 
-def _matcher(labels: Sequence[str]) -> LabelMatcher:
+def matcher_for(labels: Sequence[str]) -> LabelMatcher:
+    """A cached `LabelMatcher` for `labels`: building one per completion would redo its lookup table."""
     key = tuple(labels)
     if key not in _MATCHERS:
         _MATCHERS[key] = LabelMatcher(key)
@@ -116,7 +118,7 @@ def parse_prediction(
             return frozenset()
         answer = text.strip()
     candidates = labels if labels is not None else label_set_for(dataset)
-    return _matcher(candidates).match(answer)
+    return matcher_for(candidates).match(answer)
 
 
 def completion_text(completion: Any) -> str:
@@ -151,7 +153,7 @@ class AccuracyReward:
             name = dataset[i] if dataset is not None else None
             labels = self.labels.get(name) if name in self.labels else label_set_for(name, reference)
             predicted = parse_prediction(completion_text(completion), labels=labels, require_markup=True)
-            truth = _matcher(labels).match(reference) if reference else frozenset()
+            truth = matcher_for(labels).match(reference) if reference else frozenset()
             invalid += not predicted
             rewards.append(1.0 if predicted and predicted == truth else 0.0)
         self.scored += len(rewards)
