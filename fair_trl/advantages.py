@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import zlib
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -85,18 +86,25 @@ class GroupStats:
         self.reward_sum += reward_sum
         self.reward_count += reward_count
 
+    def remove(self, reward_sum: float, reward_count: int) -> None:
+        self.prompts -= 1
+        self.reward_sum -= reward_sum
+        self.reward_count -= reward_count
+
     @property
     def mean_reward(self) -> float:
         return self.reward_sum / self.reward_count if self.reward_count else 0.0
 
 
-def temperature(num_prompts: float, mean_reward: float) -> float:
+def temperature(num_prompts: float, mean_reward: float, reward_floor: float = 0.0) -> float:
     """Eq. 1: ``T = sqrt(N) * mean reward``.
 
     The paper's rewards lie in [0, 1]; a negative mean (possible with penalty rewards) is clipped at 0
-    so that two negative temperatures cannot multiply into a large positive one.
+    so that two negative temperatures cannot multiply into a large positive one. ``reward_floor`` (an
+    optional variant, 0 in the paper) raises that clip: a group the model almost always fails then gets
+    at most ``1 / floor`` times the weight of a group at mean reward 1, instead of up to ``1 / epsilon``.
     """
-    return math.sqrt(num_prompts) * max(mean_reward, 0.0)
+    return math.sqrt(num_prompts) * max(mean_reward, reward_floor, 0.0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -227,6 +235,14 @@ class FairGRPOAdvantage:
     reward vectors times the number of unlabeled prompts the domain has had (the size the cluster
     would have over the whole history, which is what the authors cluster), and the mean reward of its
     centre. NaN rewards get advantage 0 and are left out of every statistic.
+
+    Optional variants, all off by default (the paper's method); the demo's ablation tests them:
+
+    - ``reward_floor``: rbar in eq. 1 is raised to at least this value (see `temperature`).
+    - ``max_weight_ratio``: divisors are raised so that no prompt's weight 1 / (T_g * T_gamma) exceeds
+      this many times the smallest weight in the batch.
+    - ``stats_window``: N and rbar count only the prompts of the last ``stats_window`` calls (steps)
+      instead of the whole run, so the temperatures follow the model's current performance.
     """
 
     def __init__(
@@ -238,6 +254,9 @@ class FairGRPOAdvantage:
         elbow_threshold: float = 0.1,
         cluster_pool_size: int = 1024,
         seed: int = 0,
+        reward_floor: float = 0.0,
+        max_weight_ratio: float | None = None,
+        stats_window: int | None = None,
     ) -> None:
         if epsilon <= 0 or norm_epsilon < 0:
             raise ValueError(f"epsilon must be > 0 and norm_epsilon >= 0, got {epsilon}, {norm_epsilon}")
@@ -245,6 +264,12 @@ class FairGRPOAdvantage:
             raise ValueError(f"max_clusters must be >= 1, got {max_clusters}")
         if cluster_pool_size < 1:
             raise ValueError(f"cluster_pool_size must be >= 1, got {cluster_pool_size}")
+        if not 0 <= reward_floor <= 1:
+            raise ValueError(f"reward_floor must be in [0, 1], got {reward_floor}")
+        if max_weight_ratio is not None and not max_weight_ratio >= 1:
+            raise ValueError(f"max_weight_ratio must be >= 1 (or None), got {max_weight_ratio}")
+        if stats_window is not None and stats_window < 1:
+            raise ValueError(f"stats_window must be >= 1 (or None), got {stats_window}")
         self.use_demographics = use_demographics
         self.epsilon = epsilon
         self.norm_epsilon = norm_epsilon
@@ -252,6 +277,9 @@ class FairGRPOAdvantage:
         self.elbow_threshold = elbow_threshold
         self.cluster_pool_size = cluster_pool_size
         self.seed = seed
+        self.reward_floor = reward_floor
+        self.max_weight_ratio = max_weight_ratio
+        self.stats_window = stats_window
         self.reset()
 
     def reset(self) -> None:
@@ -261,6 +289,9 @@ class FairGRPOAdvantage:
         self.group_stats: dict[str, dict[str, GroupStats]] = {}
         self.unlabeled_seen: dict[str, int] = {}
         self.pools: dict[str, np.ndarray] = {}
+        # Per call, what it added to the statistics: (domain, group or None, reward sum, count) per
+        # prompt; kept only with `stats_window`, to take the oldest call back out.
+        self.history: deque[list[tuple[str, str | None, float, int]]] = deque()
         self.last_info: dict[str, Any] = {}
 
     # -- the estimator ------------------------------------------------------------------------
@@ -298,13 +329,15 @@ class FairGRPOAdvantage:
         for q in np.flatnonzero(scored):
             domain, group = prompt_domains[q], prompt_groups[q]
             stats = self.domain_stats[domain]
-            t_domain = temperature(stats.prompts, stats.mean_reward)
+            t_domain = temperature(stats.prompts, stats.mean_reward, self.reward_floor)
             if group is None:
-                t_group = temperature(cluster_n[q], cluster_mean[q])
+                t_group = temperature(cluster_n[q], cluster_mean[q], self.reward_floor)
             else:
                 g = self.group_stats[domain][group]
-                t_group = temperature(g.prompts, g.mean_reward)
+                t_group = temperature(g.prompts, g.mean_reward, self.reward_floor)
             divisors[q] = max(t_domain * t_group, self.epsilon)
+        if self.max_weight_ratio is not None and scored.any():
+            divisors[scored] = np.maximum(divisors[scored], divisors[scored].max() / self.max_weight_ratio)
 
         scaled = s / divisors[:, None]
         batch_std = float(np.std(scaled[valid], ddof=1)) if valid.sum() > 1 else 0.0
@@ -315,7 +348,8 @@ class FairGRPOAdvantage:
             batch_std = 0.0
         advantages[~valid] = 0.0
 
-        self._record_info(prompt_domains, divisors, batch_std, scored, n_clusters)
+        signal = scored & (np.abs(s).sum(axis=1) > 0)
+        self._record_info(prompt_domains, prompt_groups, divisors, batch_std, scored, signal, n_clusters)
         return torch.from_numpy(advantages.reshape(-1)).to(dtype=rewards.dtype, device=rewards.device)
 
     def _normalise_within_prompt(self, r: np.ndarray, valid: np.ndarray, n_valid: np.ndarray) -> np.ndarray:
@@ -339,6 +373,7 @@ class FairGRPOAdvantage:
         n_valid: np.ndarray,
         scored: np.ndarray,
     ) -> None:
+        added = []
         for q in np.flatnonzero(scored):
             domain, group = domains[q], groups[q]
             total, count = float(reward_sums[q]), int(n_valid[q])
@@ -347,6 +382,31 @@ class FairGRPOAdvantage:
                 self.unlabeled_seen[domain] = self.unlabeled_seen.get(domain, 0) + 1
             else:
                 self.group_stats.setdefault(domain, {}).setdefault(group, GroupStats()).add(total, count)
+            added.append((domain, group, total, count))
+        if self.stats_window is None:
+            return
+        self.history.append(added)
+        while len(self.history) > self.stats_window:
+            self._forget(self.history.popleft())
+
+    def _forget(self, added: list[tuple[str, str | None, float, int]]) -> None:
+        """Take one old call's prompts back out of the windowed statistics."""
+        for domain, group, total, count in added:
+            stats = self.domain_stats[domain]
+            stats.remove(total, count)
+            if stats.prompts == 0:
+                del self.domain_stats[domain]
+            if group is None:
+                self.unlabeled_seen[domain] -= 1
+                if self.unlabeled_seen[domain] == 0:
+                    del self.unlabeled_seen[domain]
+            else:
+                group_stats = self.group_stats[domain][group]
+                group_stats.remove(total, count)
+                if group_stats.prompts == 0:
+                    del self.group_stats[domain][group]
+                    if not self.group_stats[domain]:
+                        del self.group_stats[domain]
 
     def _discover_groups(
         self, r: np.ndarray, domains: list[str], groups: list[str | None], scored: np.ndarray
@@ -382,18 +442,25 @@ class FairGRPOAdvantage:
     def _record_info(
         self,
         domains: list[str],
+        groups: list[str | None],
         divisors: np.ndarray,
         batch_std: float,
         scored: np.ndarray,
+        signal: np.ndarray,
         n_clusters: int,
     ) -> None:
         # The factor each prompt's normalised scores were multiplied by: A = s * weight.
         weight = 1.0 / (divisors * batch_std) if batch_std > 0 else np.zeros_like(divisors)
         per_domain: dict[str, list[float]] = {}
+        per_group: dict[str, list[float]] = {}
         for q in np.flatnonzero(scored):
             per_domain.setdefault(domains[q], []).append(float(weight[q]))
+        # Per group only prompts whose rewards differ: the weight of an all-equal prompt multiplies zeros.
+        for q in np.flatnonzero(signal):
+            per_group.setdefault(groups[q] or "unknown", []).append(float(weight[q]))
         self.last_info = {
             "weight": {d: float(np.mean(w)) for d, w in per_domain.items()},
+            "group_weight": {g: float(np.mean(w)) for g, w in per_group.items()},
             "batch_std": batch_std,
             "num_clusters": n_clusters,
         }
@@ -410,6 +477,7 @@ class FairGRPOAdvantage:
             "group_stats": {d: {g: asdict(s) for g, s in gs.items()} for d, gs in self.group_stats.items()},
             "unlabeled_seen": dict(self.unlabeled_seen),
             "pools": {d: pool.tolist() for d, pool in self.pools.items()},
+            "history": [[list(entry) for entry in added] for added in self.history],
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -424,6 +492,10 @@ class FairGRPOAdvantage:
             d: np.asarray(pool, dtype=np.float64).reshape(-1, self.feature_dim or 0)
             for d, pool in state["pools"].items()
         }
+        self.history = deque(
+            [(str(d), g, float(total), int(count)) for d, g, total, count in added]
+            for added in state.get("history", [])
+        )
 
 
 def _per_prompt(values: Sequence[Any], num_generations: int, num_prompts: int, name: str) -> list[Any]:

@@ -10,12 +10,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fair-trl", description="FairGRPO for clinical VLMs, on TRL.")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    demo = commands.add_parser("demo", help="run the embedded default job (tiny VLM, generated rows, CPU)")
-    demo.add_argument("--steps", type=int, default=60, help="training steps (default 60)")
-    # Checked after parsing against FairGRPOConfig's list, so light commands never import TRL.
-    demo.add_argument("--estimator", default="fair_grpo", help="advantage estimator (default fair_grpo)")
-    demo.add_argument("--output-dir", default=None, help="keep the trainer's output here (default: a temp dir)")
-    demo.add_argument("--seed", type=int, default=0)
+    demo = commands.add_parser(
+        "demo",
+        help="GRPO vs FairGRPO (+ control and variants) on the synthetic benchmark; writes reports/demo/",
+    )
+    # Defaults live in ExperimentSettings; parsed values are checked there, so light commands never import TRL.
+    demo.add_argument("--methods", nargs="+", default=None, help="methods to run (default: main, control, variants)")
+    demo.add_argument("--baselines", action="store_true", help="also run RLOO, REINFORCE++, Group DRO, Resampling")
+    demo.add_argument("--seeds", type=int, default=None, help="seeds per method (default 4)")
+    demo.add_argument("--steps", type=int, default=None, help="training steps per run (default 160)")
+    demo.add_argument("--eval-every", type=int, default=None, help="steps between test-split evaluations")
+    demo.add_argument("--workers", type=int, default=None, help="runs in parallel, one CPU thread each (default 2)")
+    demo.add_argument("--output-dir", default="reports/demo", help="where the report goes (default reports/demo)")
+    demo.add_argument("--rebuild", action="store_true", help="rewrite the report from OUTPUT_DIR/runs.json only")
 
     evaluate = commands.add_parser(
         "evaluate", help="fairness tables (Table 2 and appendix style) for a predictions jsonl file"
@@ -59,13 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "demo":
-        from fair_trl.config import ADVANTAGE_ESTIMATORS
-
-        if args.estimator not in ADVANTAGE_ESTIMATORS:
-            parser.error(f"--estimator must be one of {', '.join(ADVANTAGE_ESTIMATORS)}, got {args.estimator!r}")
-        from fair_trl.demo import main as demo_main
-
-        demo_main(args.steps, args.estimator, args.output_dir, args.seed)
+        return _demo(parser, args)
     elif args.command == "evaluate":
         return _evaluate(args)
     elif args.command == "build-dataset":
@@ -75,6 +76,31 @@ def main(argv: list[str] | None = None) -> int:
 
         path = save_tiny_model(args.out_dir, kind=args.kind, seed=args.seed)
         print(f"saved tiny {args.kind} model to {path}")
+    return 0
+
+
+def _demo(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    if args.rebuild:
+        from fair_trl.demo_report import rebuild
+
+        print(rebuild(args.output_dir)["verdict"]["text"])
+        return 0
+    from fair_trl.experiment import BASELINE_METHODS, DEFAULT_METHODS, ExperimentSettings
+
+    chosen = {
+        "seeds": args.seeds,
+        "steps": args.steps,
+        "eval_every": args.eval_every,
+        "workers": args.workers,
+        "methods": (*(args.methods or DEFAULT_METHODS), *(BASELINE_METHODS if args.baselines else ())),
+    }
+    try:
+        settings = ExperimentSettings(**{k: v for k, v in chosen.items() if v is not None})
+    except ValueError as error:
+        parser.error(str(error))
+    from fair_trl.demo import main as demo_main
+
+    demo_main(settings, args.output_dir)
     return 0
 
 

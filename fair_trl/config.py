@@ -97,6 +97,28 @@ class FairGRPOConfig(GRPOConfig):
         metadata={"help": "Most recent unlabeled prompts per domain that clustering sees (bounds state)."},
     )
 
+    fair_reward_floor: float = field(
+        default=0.0,
+        metadata={
+            "help": "Variant (0 = the paper): floor on the mean reward in each temperature T = sqrt(N) * rbar, so a "
+            "group the model almost always fails cannot take over the batch."
+        },
+    )
+    fair_max_weight_ratio: float | None = field(
+        default=None,
+        metadata={
+            "help": "Variant (None = the paper): no prompt's FairGRPO weight exceeds this many times the smallest "
+            "weight in its batch."
+        },
+    )
+    fair_stats_window: int | None = field(
+        default=None,
+        metadata={
+            "help": "Variant (None = the paper, cumulative): temperatures count only the prompts of the last this "
+            "many steps."
+        },
+    )
+
     fairness_logging_steps: int = field(
         default=5,
         metadata={
@@ -107,6 +129,13 @@ class FairGRPOConfig(GRPOConfig):
     balanced_sampling: bool = field(
         default=False,
         metadata={"help": "Resample prompts so every (domain, demographic group) is equally frequent (Resampling)."},
+    )
+    sampling_weight_column: str | None = field(
+        default=None,
+        metadata={
+            "help": "Dataset column of non-negative weights: draw prompts with probability proportional to it, with "
+            "replacement (e.g. to oversample chosen groups). Excludes balanced_sampling."
+        },
     )
     dro_step_size: float = field(
         default=0.01, metadata={"help": "Group DRO step size for the exponentiated-gradient group weights."}
@@ -126,6 +155,14 @@ class FairGRPOConfig(GRPOConfig):
         self.demographic_columns = list(self.demographic_columns)
         if not self.dro_step_size >= 0:
             raise ValueError(f"dro_step_size must be >= 0, got {self.dro_step_size}")
+        if not 0 <= self.fair_reward_floor <= 1:
+            raise ValueError(f"fair_reward_floor must be in [0, 1], got {self.fair_reward_floor}")
+        if self.fair_max_weight_ratio is not None and not self.fair_max_weight_ratio >= 1:
+            raise ValueError(f"fair_max_weight_ratio must be >= 1 (or None), got {self.fair_max_weight_ratio}")
+        if self.fair_stats_window is not None and self.fair_stats_window < 1:
+            raise ValueError(f"fair_stats_window must be >= 1 (or None), got {self.fair_stats_window}")
+        if self.balanced_sampling and self.sampling_weight_column:
+            raise ValueError("balanced_sampling and sampling_weight_column both choose the sampler; set only one")
         if self.fairness_logging_steps < 0:
             raise ValueError(f"fairness_logging_steps must be >= 0, got {self.fairness_logging_steps}")
         self.age_bins = [float(b) for b in self.age_bins]

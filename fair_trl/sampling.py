@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from trl.trainer.utils import RepeatSampler
 
-__all__ = ["BalancedRepeatSampler", "balanced_weights"]
+__all__ = ["BalancedRepeatSampler", "balanced_weights", "column_weights"]
 
 
 def balanced_weights(domains: Sequence[str], groups: Sequence[str | None]) -> np.ndarray:
@@ -28,6 +28,21 @@ def balanced_weights(domains: Sequence[str], groups: Sequence[str | None]) -> np
     cells = list(zip(domains, groups, strict=True))
     counts = Counter(cells)
     weights = np.array([1.0 / counts[cell] for cell in cells])
+    return weights / weights.sum()
+
+
+def column_weights(dataset, column: str) -> np.ndarray:
+    """Sampling probabilities proportional to a dataset column of non-negative finite weights."""
+    if column not in dataset.column_names:
+        raise ValueError(f"sampling_weight_column {column!r} is not a dataset column; columns: {dataset.column_names}")
+    weights = np.asarray(dataset[column], dtype=np.float64)
+    bad = np.flatnonzero(~np.isfinite(weights) | (weights < 0))
+    if bad.size:
+        raise ValueError(
+            f"sampling_weight_column {column!r} must hold finite weights >= 0; row {bad[0]} has {weights[bad[0]]}"
+        )
+    if weights.sum() <= 0:
+        raise ValueError(f"sampling_weight_column {column!r} has no positive weight")
     return weights / weights.sum()
 
 

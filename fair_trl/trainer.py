@@ -28,7 +28,7 @@ from fair_trl.callbacks import FairnessLoggingCallback, Rollout, fairness_result
 from fair_trl.config import GROUP_AWARE_ESTIMATORS, FairGRPOConfig
 from fair_trl.groups import GroupKeyer
 from fair_trl.rewards import completion_text, extract_answer
-from fair_trl.sampling import BalancedRepeatSampler, balanced_weights
+from fair_trl.sampling import BalancedRepeatSampler, balanced_weights, column_weights
 
 logger = logging.getLogger(__name__)
 
@@ -184,14 +184,17 @@ class FairGRPOTrainer(GRPOTrainer):
     # -- sampling -------------------------------------------------------------------------------
 
     def _get_train_sampler(self, dataset=None):
-        if not self.args.balanced_sampling:
+        if not (self.args.balanced_sampling or self.args.sampling_weight_column):
             return super()._get_train_sampler(dataset)
         dataset = dataset if dataset is not None else self.train_dataset
-        # Only the metadata columns: images are never decoded to compute the weights.
-        columns = [c for c in [self.args.domain_column, *self.args.demographic_columns] if c]
-        rows = dataset.select_columns(columns).to_list()
-        keyer = GroupKeyer(self.args.demographic_columns, self.args.age_bins, self.args.max_age)
-        weights = balanced_weights([_domain_of(r, self.args.domain_column) for r in rows], keyer.keys(rows))
+        if self.args.sampling_weight_column:
+            weights = column_weights(dataset, self.args.sampling_weight_column)
+        else:
+            # Only the metadata columns: images are never decoded to compute the weights.
+            columns = [c for c in [self.args.domain_column, *self.args.demographic_columns] if c]
+            rows = dataset.select_columns(columns).to_list()
+            keyer = GroupKeyer(self.args.demographic_columns, self.args.age_bins, self.args.max_age)
+            weights = balanced_weights([_domain_of(r, self.args.domain_column) for r in rows], keyer.keys(rows))
         return BalancedRepeatSampler(
             weights,
             data_source=dataset,
@@ -318,6 +321,9 @@ def _make_estimator(config: FairGRPOConfig) -> Any:
             elbow_threshold=config.cluster_elbow_threshold,
             cluster_pool_size=config.cluster_pool_size,
             seed=config.seed,
+            reward_floor=config.fair_reward_floor,
+            max_weight_ratio=config.fair_max_weight_ratio,
+            stats_window=config.fair_stats_window,
         )
     if name == "group_dro":
         return GroupDROAdvantage(step_size=config.dro_step_size, scale_rewards=config.scale_rewards)

@@ -22,23 +22,6 @@ def test_tiny_model_rejects_unknown_kind(tmp_path, capsys):
     assert "invalid choice: 'audio'" in capsys.readouterr().err
 
 
-def test_demo_prints_per_group_rewards(capsys):
-    assert main(["demo", "--steps", "3"]) == 0
-    out = capsys.readouterr().out
-    table = out[out.index("Mean reward per demographic group") :].splitlines()
-    assert table[1].split() == ["group", "early", "late", "n"]
-    rows = [line.split() for line in table[2:] if line.strip()]
-    assert any(row[0].startswith("sex=") for row in rows)
-    assert sum(int(row[-1]) for row in rows) == 3 * 64  # every scored completion lands in one group
-
-
-def test_demo_rejects_an_unknown_estimator(capsys):
-    with pytest.raises(SystemExit):
-        main(["demo", "--estimator", "ppo"])
-    err = capsys.readouterr().err
-    assert "--estimator must be one of grpo, fair_grpo, fair_grpo_nd, rloo, reinforce_pp, group_dro" in err
-
-
 def test_build_dataset_saves_a_loadable_split_with_its_summary(tmp_path, capsys):
     out = tmp_path / "synthetic"
     assert main(["build-dataset", "synthetic", "-", str(out), "-o", "num_rows=60", "--seed", "3"]) == 0

@@ -28,3 +28,17 @@ def test_readme_commands_are_make_targets():
     for target in commands:
         assert re.search(rf"^{target}:", makefile, flags=re.MULTILINE)
     assert "make test" in (README.parent / ".ci" / "run").read_text()
+
+
+def test_readme_results_quote_the_committed_demo_report():
+    import json
+
+    from fair_trl.demo_report import summary_markdown
+
+    demo = README.parent / "reports" / "demo"
+    results = json.loads((demo / "results.json").read_text())
+    summary = summary_markdown(results)
+    assert summary == (demo / "summary.md").read_text()
+    assert summary in README.read_text(), "README's Results section differs from reports/demo: re-quote summary.md"
+    for name in ("report.md", "curves.png", "pareto.png", "group_f1_difference.png"):
+        assert (demo / name).is_file()
