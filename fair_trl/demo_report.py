@@ -168,6 +168,10 @@ def _diff(d: dict[str, Any]) -> str:
     return f"{d['mean']:+.3f} [{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}]{star}"
 
 
+def _relative(rel: dict[str, Any]) -> str:
+    return f"{rel['mean']:+.0%} [{rel['ci'][0]:+.0%}, {rel['ci'][1]:+.0%}]"
+
+
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header), *("| " + " | ".join(r) + " |" for r in rows)]
 
@@ -216,7 +220,7 @@ def markdown(results: dict[str, Any], train_seconds: float | None = None) -> str
                 e["label"],
                 e["role"],
                 _diff(vs["delta_f1"]),
-                f"{rel['mean']:+.0%} [{rel['ci'][0]:+.0%}, {rel['ci'][1]:+.0%}]",
+                _relative(rel),
                 _diff(vs["f1"]),
                 _diff(vs["acc"]),
                 _diff(vs["eod"]),
@@ -273,12 +277,7 @@ def summary_markdown(results: dict[str, Any]) -> str:
     rows = []
     for e in results["methods"].values():
         vs = e.get("vs_grpo")
-        change = (
-            f"{vs['delta_f1_relative']['mean']:+.0%} [{vs['delta_f1_relative']['ci'][0]:+.0%}, "
-            f"{vs['delta_f1_relative']['ci'][1]:+.0%}]"
-            if vs
-            else "-"
-        )
+        change = _relative(vs["delta_f1_relative"]) if vs else "-"
         f1_diff = _diff(vs["f1"]) if vs else "-"
         rows.append(
             [

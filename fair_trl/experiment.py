@@ -21,17 +21,18 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import os
 import tempfile
 import time
 import warnings
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from fair_trl.groups import DEFAULT_AGE_BINS, GroupKeyer, age_bin
+from fair_trl.groups import DEFAULT_AGE_BINS, age_bin
 from fair_trl.labels import canonical_labels
 from fair_trl.metrics import SUMMARY_KEYS, compute_fairness, to_label_set
 
@@ -150,9 +151,15 @@ class ExperimentSettings:
 
 
 def demo_splits(settings: ExperimentSettings):
+    return _synthetic_splits(settings.num_rows, settings.data_seed)
+
+
+@functools.lru_cache(maxsize=2)
+def _synthetic_splits(num_rows: int, seed: int):
+    # Built once per worker process, not once per run: every run reads the same immutable rows.
     from fair_trl.data import build_dataset
 
-    return build_dataset("synthetic", None, num_rows=settings.num_rows, seed=settings.data_seed)
+    return build_dataset("synthetic", None, num_rows=num_rows, seed=seed)
 
 
 def with_oracle_weights(dataset):
@@ -184,7 +191,6 @@ class RolloutRewards:
     """The training reward, also kept per (step, demographic group) for the learning curves."""
 
     def __init__(self) -> None:
-        self.keyer = GroupKeyer(["sex", "age"])
         self.sums: dict[tuple[int, str], list[float]] = defaultdict(lambda: [0.0, 0])
         self.__name__ = "accuracy_reward"
 
@@ -413,7 +419,5 @@ def _run_parallel(
                 results[futures[future]] = future.result()  # re-raises a worker's error here
                 method, seed = futures[future]
                 bar.set_postfix_str(f"done {method} seed {seed}")
-        for future in as_completed(futures):
-            future.result()
         while not steps.empty():
             bar.update(steps.get())
