@@ -10,6 +10,8 @@ from typing import Any
 _EXPORTS = {
     "FairGRPOAdvantage": "fair_trl.advantages",
     "grpo": "fair_trl.advantages",
+    "REGISTRY": "fair_trl.advantages",
+    "EstimatorSpec": "fair_trl.advantages",
     "FairGRPOConfig": "fair_trl.config",
     "FairGRPOTrainer": "fair_trl.trainer",
     "GroupKeyer": "fair_trl.groups",
@@ -17,7 +19,8 @@ _EXPORTS = {
     "accuracy_reward": "fair_trl.rewards",
     "format_reward": "fair_trl.rewards",
     "build_dataset": "fair_trl.data",
-    "write_model_card": "fair_trl.model_card",
+    "ModelCardRecord": "fair_trl.model_card",
+    "render_model_card": "fair_trl.model_card",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -4,25 +4,20 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import dataclass, field, fields
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fair-trl", description="FairGRPO for clinical VLMs, on TRL.")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    demo = commands.add_parser(
+    # Its options are `ExperimentSettings` and `DemoOptions` fields, parsed by HfArgumentParser in `_demo`;
+    # `fair-trl demo --help` lists them.
+    commands.add_parser(
         "demo",
+        add_help=False,
         help="GRPO vs FairGRPO (+ control and variants) on the synthetic benchmark; writes reports/demo/",
     )
-    # Defaults live in ExperimentSettings; parsed values are checked there, so light commands never import TRL.
-    demo.add_argument("--methods", nargs="+", default=None, help="methods to run (default: main, control, variants)")
-    demo.add_argument("--baselines", action="store_true", help="also run RLOO, REINFORCE++, Group DRO, Resampling")
-    demo.add_argument("--seeds", type=int, default=None, help="seeds per method (default 4)")
-    demo.add_argument("--steps", type=int, default=None, help="training steps per run (default 160)")
-    demo.add_argument("--eval-every", type=int, default=None, help="steps between test-split evaluations")
-    demo.add_argument("--workers", type=int, default=None, help="runs in parallel, one CPU thread each (default 2)")
-    demo.add_argument("--output-dir", default="reports/demo", help="where the report goes (default reports/demo)")
-    demo.add_argument("--rebuild", action="store_true", help="rewrite the report from OUTPUT_DIR/runs.json only")
 
     evaluate = commands.add_parser(
         "evaluate", help="fairness tables (Table 2 and appendix style) for a predictions jsonl file"
@@ -36,6 +31,15 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--skip-invalid", action="store_true", help="skip and count malformed lines")
     evaluate.add_argument("--bootstrap", type=int, default=0, help="bootstrap resamples for 95%% intervals (JSON)")
     evaluate.add_argument("--seed", type=int, default=0)
+    evaluate.add_argument(
+        "--age-bins",
+        type=float,
+        nargs="+",
+        default=None,
+        metavar="BOUND",
+        help="upper bounds of the age bins a1, a2, ..., as in training's age_bins (default: 25 50 75)",
+    )
+    evaluate.add_argument("--max-age", type=float, default=None, help="ages above this are invalid (default 120)")
 
     build = commands.add_parser(
         "build-dataset", help="build a clinical dataset in the project's schema and save it with save_to_disk"
@@ -64,10 +68,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, rest = parser.parse_known_args(argv)
     if args.command == "demo":
-        return _demo(parser, args)
-    elif args.command == "evaluate":
+        return _demo(rest)
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    if args.command == "evaluate":
         return _evaluate(args)
     elif args.command == "build-dataset":
         return _build_dataset(parser, args)
@@ -79,28 +85,44 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _demo(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
-    if args.rebuild:
-        from fair_trl.demo_report import rebuild
+@dataclass
+class DemoOptions:
+    """`fair-trl demo` options that are not experiment settings."""
 
-        print(rebuild(args.output_dir)["verdict"]["text"])
+    baselines: bool = field(
+        default=False, metadata={"help": "Also run the paper's baselines: RLOO, REINFORCE++, Group DRO, Resampling."}
+    )
+    output_dir: str = field(default="reports/demo", metadata={"help": "Where the report goes."})
+    rebuild: bool = field(default=False, metadata={"help": "Rewrite the report from OUTPUT_DIR/runs.json only."})
+
+
+def _demo(argv: list[str]) -> int:
+    from transformers import HfArgumentParser
+
+    from fair_trl.demo.experiment import BASELINE_METHODS, ExperimentSettings
+
+    parser = HfArgumentParser(
+        (ExperimentSettings, DemoOptions),
+        prog="fair-trl demo",
+        description="GRPO vs FairGRPO (+ control and variants) on the synthetic benchmark.",
+    )
+    namespace = parser.parse_args(argv)
+    options = DemoOptions(**{f.name: getattr(namespace, f.name) for f in fields(DemoOptions)})
+    if options.rebuild:
+        from fair_trl.demo.report import rebuild
+
+        print(rebuild(options.output_dir)["verdict"]["text"])
         return 0
-    from fair_trl.experiment import BASELINE_METHODS, DEFAULT_METHODS, ExperimentSettings
-
-    chosen = {
-        "seeds": args.seeds,
-        "steps": args.steps,
-        "eval_every": args.eval_every,
-        "workers": args.workers,
-        "methods": (*(args.methods or DEFAULT_METHODS), *(BASELINE_METHODS if args.baselines else ())),
-    }
+    chosen = {f.name: getattr(namespace, f.name) for f in fields(ExperimentSettings)}
+    if options.baselines:
+        chosen["methods"] = [*chosen["methods"], *(m for m in BASELINE_METHODS if m not in chosen["methods"])]
     try:
-        settings = ExperimentSettings(**{k: v for k, v in chosen.items() if v is not None})
+        settings = ExperimentSettings(**chosen)
     except ValueError as error:
         parser.error(str(error))
-    from fair_trl.demo import main as demo_main
+    from fair_trl.demo.run import main as demo_main
 
-    demo_main(settings, args.output_dir)
+    demo_main(settings, options.output_dir)
     return 0
 
 
@@ -108,9 +130,14 @@ def _evaluate(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from fair_trl.evaluate import evaluate_file, markdown_report, text_report, to_json
+    from fair_trl.groups import DEFAULT_AGE_BINS, DEFAULT_MAX_AGE
 
+    age_bins = DEFAULT_AGE_BINS if args.age_bins is None else args.age_bins
+    max_age = DEFAULT_MAX_AGE if args.max_age is None else args.max_age
     try:
-        report = evaluate_file(args.predictions, args.attributes, args.skip_invalid, args.bootstrap, args.seed)
+        report = evaluate_file(
+            args.predictions, args.attributes, args.skip_invalid, args.bootstrap, args.seed, age_bins, max_age
+        )
     except (OSError, ValueError) as err:
         print(f"fair-trl evaluate: {err}", file=sys.stderr)
         return 2

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fair_trl.groups import GroupKeyer
+from fair_trl.groups import DEFAULT_AGE_BINS, DEFAULT_MAX_AGE, GroupKeyer
 from fair_trl.metrics import compute_fairness, dataset_classes, to_label_set
 from fair_trl.rewards import parse_prediction
 
@@ -116,8 +116,13 @@ def evaluate_file(
     skip_invalid: bool = False,
     n_bootstrap: int = 0,
     seed: int = 0,
+    age_bins: Sequence[float] = DEFAULT_AGE_BINS,
+    max_age: float = DEFAULT_MAX_AGE,
 ) -> dict[str, Any]:
-    """{"attributes": {attribute: compute_fairness(...)}, "samples": n, "skipped_lines": [...]}."""
+    """{"attributes": {attribute: compute_fairness(...)}, "samples": n, "skipped_lines": [...]}.
+
+    `age_bins` and `max_age` group ages as training did (`FairGRPOConfig.age_bins`, `max_age`).
+    """
     data = read_predictions(path, skip_invalid)
     classes = dataset_classes(data.datasets, data.references)
     predictions = [_labels(p, classes[d]) for p, d in zip(data.predictions, data.datasets, strict=True)]
@@ -127,7 +132,7 @@ def evaluate_file(
             raise ValueError(
                 f"{path}, line {line}: reference {raw!r} is not a class of {dataset!r}: {classes[dataset]}"
             )
-    keyer = GroupKeyer(list(attributes))
+    keyer = GroupKeyer(list(attributes), age_bins, max_age)
     results = {}
     for attribute in attributes:
         groups = [keyer.attribute(attribute, row.get(attribute)) for row in data.rows]

@@ -28,19 +28,29 @@ from typing import Any, Literal
 import numpy as np
 
 __all__ = [
+    "ALL_DOMAINS",
     "DEFAULT_AGE_BINS",
     "DEFAULT_MAX_AGE",
     "MISSING_TOKENS",
+    "UNKNOWN",
     "GroupKeyer",
     "InvalidDemographic",
     "age_bin",
     "column_kind",
+    "domain_key",
+    "normalise_attribute",
     "parse_age",
     "parse_category",
     "parse_sex",
 ]
 
 logger = logging.getLogger(__name__)
+
+# The one spelling of "not known", for a group (a prompt without demographics, in logs and weights)
+# and for a domain (a row whose domain column is blank).
+UNKNOWN = "unknown"
+# The single domain of every row when no domain column is configured.
+ALL_DOMAINS = "all"
 
 DEFAULT_AGE_BINS: tuple[float, ...] = (25, 50, 75)
 DEFAULT_MAX_AGE: float = 120
@@ -217,6 +227,32 @@ def age_bin(age: float, bins: Sequence[float] = DEFAULT_AGE_BINS) -> str:
     return _bin_label(float(age), checked)
 
 
+def normalise_attribute(
+    column: str, value: Any, age_bins: Sequence[float] = DEFAULT_AGE_BINS, max_age: float = DEFAULT_MAX_AGE
+) -> str | None:
+    """One attribute's group ("F", "a3", ...) by the column's kind; None when missing.
+
+    Raises InvalidDemographic for a value that is present but invalid; `GroupKeyer.attribute` counts those.
+    """
+    kind = column_kind(column)
+    if kind == "age":
+        age = parse_age(value, max_age=max_age)
+        return None if age is None else _bin_label(age, _validate_bins(age_bins))
+    if kind == "sex":
+        return parse_sex(value)
+    return parse_category(value)
+
+
+def domain_key(row: Mapping[str, Any], column: str | None) -> str:
+    """A row's domain: its `column` value stripped, `UNKNOWN` when blank, `ALL_DOMAINS` without a column."""
+    if column is None:
+        return ALL_DOMAINS
+    value = row.get(column)
+    if value is None or _is_nan(value) or str(value).strip() == "":
+        return UNKNOWN
+    return str(value).strip()
+
+
 class GroupKeyer:
     """Maps rows to intersectional group keys like "sex=F|age=a3", counting missing and invalid values.
 
@@ -229,6 +265,8 @@ class GroupKeyer:
         columns: Sequence[str] = ("sex", "age"),
         age_bins: Sequence[float] = DEFAULT_AGE_BINS,
         max_age: float = DEFAULT_MAX_AGE,
+        *,
+        warned: set[str] | None = None,
     ) -> None:
         if isinstance(columns, str):
             # A bare string would otherwise be split into one-letter columns.
@@ -259,25 +297,26 @@ class GroupKeyer:
         self.missing_counts: dict[str, int] = dict.fromkeys(columns, 0)
         self.rows_seen: int = 0
         self.rows_without_key: int = 0
-        self._warned: set[str] = set()
+        # Columns already warned about; keyers made by `sibling` share it, so a bad column warns once in all.
+        self._warned: set[str] = set() if warned is None else warned
+
+    @classmethod
+    def from_config(cls, config: Any) -> GroupKeyer:
+        """The keyer a `FairGRPOConfig` describes (its demographic columns, age bins and max age)."""
+        return cls(config.demographic_columns, config.age_bins, config.max_age)
+
+    def sibling(self) -> GroupKeyer:
+        """A keyer with the same rules and counts of its own, sharing this one's warnings."""
+        return type(self)(self.columns, self.age_bins, self.max_age, warned=self._warned)
 
     def __repr__(self) -> str:
         name = type(self).__name__
         return f"{name}(columns={self.columns!r}, age_bins={self.age_bins!r}, max_age={self.max_age!r})"
 
-    def _normalise(self, column: str, value: Any) -> str | None:
-        kind = self.kinds.get(column) or column_kind(column)
-        if kind == "age":
-            age = parse_age(value, max_age=self.max_age)
-            return None if age is None else _bin_label(age, self.age_bins)
-        if kind == "sex":
-            return parse_sex(value)
-        return parse_category(value)
-
     def attribute(self, column: str, value: Any) -> str | None:
         """Normalised value of one attribute ("F", "a3", ...); None when missing or invalid (both counted)."""
         try:
-            normalised = self._normalise(column, value)
+            normalised = normalise_attribute(column, value, self.age_bins, self.max_age)
         except InvalidDemographic as err:
             self.invalid_counts[column] = self.invalid_counts.get(column, 0) + 1
             if column not in self._warned:
@@ -329,4 +368,6 @@ class GroupKeyer:
         self.rows_without_key = int(state["rows_without_key"])
         self.missing_counts = {**self.missing_counts, **{str(k): int(v) for k, v in state["missing"].items()}}
         self.invalid_counts = {**self.invalid_counts, **{str(k): int(v) for k, v in state["invalid"].items()}}
-        self._warned = set(state.get("warned", ()))
+        # In place: sibling keyers share this set.
+        self._warned.clear()
+        self._warned.update(state.get("warned", ()))

@@ -7,8 +7,20 @@ prompts list them as candidates, and answer extraction maps free text back onto 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Sequence
 
-__all__ = ["DATASET_LABELS", "MULTI_LABEL_DATASETS", "SYNONYMS", "canonical_dataset", "canonical_labels", "label_key"]
+__all__ = [
+    "DATASET_LABELS",
+    "MULTI_LABEL_DATASETS",
+    "SYNONYMS",
+    "Labels",
+    "canonical_dataset",
+    "canonical_labels",
+    "dataset_classes",
+    "label_classes",
+    "label_key",
+    "to_label_set",
+]
 
 CHEXPERT_LABELS = (
     "Atelectasis",
@@ -102,6 +114,42 @@ def canonical_labels(dataset: str) -> tuple[str, ...] | None:
     """The label set of a known dataset, None for a dataset this module does not know."""
     name = canonical_dataset(dataset)
     return DATASET_LABELS[name] if name else None
+
+
+Labels = str | Iterable[str] | None
+
+
+def to_label_set(value: Labels) -> frozenset[str]:
+    """A label string ("Edema, Pneumonia" is two labels), a set/list of labels, or None (no label)."""
+    if value is None:
+        return frozenset()
+    parts = value.split(",") if isinstance(value, str) else value
+    return frozenset(p.strip() for p in parts if p is not None and p.strip())
+
+
+def label_classes(dataset: str | None, references: Iterable[Labels] = (), use_known: bool = True) -> tuple[str, ...]:
+    """The class list of one dataset, the one rule every scorer uses.
+
+    A known dataset's label set (`DATASET_LABELS`), unless ``use_known=False``; otherwise every label
+    its references use, sorted.
+    """
+    known = canonical_labels(dataset) if use_known and dataset else None
+    if known is not None:
+        return known
+    seen: set[str] = set()
+    for reference in references:
+        seen |= to_label_set(reference)
+    return tuple(sorted(seen))
+
+
+def dataset_classes(
+    datasets: Sequence[str], references: Sequence[Labels], use_known: bool = True
+) -> dict[str, tuple[str, ...]]:
+    """`label_classes` of every dataset in `datasets`, from the references of its own rows."""
+    by_dataset: dict[str, list[Labels]] = {}
+    for dataset, reference in zip(datasets, references, strict=True):
+        by_dataset.setdefault(dataset, []).append(reference)
+    return {name: label_classes(name, refs, use_known) for name, refs in by_dataset.items()}
 
 
 # Names the paper's tables and the authors' files use for the same datasets.

@@ -18,12 +18,12 @@ call once for age groups, once for sex.
 from __future__ import annotations
 
 import statistics
-from collections.abc import Hashable, Iterable, Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-from fair_trl.labels import canonical_labels, label_key
+from fair_trl.labels import Labels, dataset_classes, label_key, to_label_set
 
 __all__ = [
     "GROUP_METRICS",
@@ -49,25 +49,6 @@ SUMMARY_KEYS = (
     "acc_es",
     "f1_es",
 )
-
-Labels = str | Iterable[str] | None
-
-
-def to_label_set(value: Labels) -> frozenset[str]:
-    """A label string ("Edema, Pneumonia" is two labels), a set/list of labels, or None (no label)."""
-    if value is None:
-        return frozenset()
-    parts = value.split(",") if isinstance(value, str) else value
-    return frozenset(p.strip() for p in parts if p is not None and p.strip())
-
-
-def dataset_classes(datasets: Sequence[str], references: Sequence[Labels]) -> dict[str, tuple[str, ...]]:
-    """Each dataset's classes: its known label set (fair_trl.labels), else every label its references use."""
-    seen: dict[str, set[str]] = {}
-    for dataset, reference in zip(datasets, references, strict=True):
-        seen.setdefault(dataset, set()).update(to_label_set(reference))
-    return {name: canonical_labels(name) or tuple(sorted(labels)) for name, labels in seen.items()}
-
 
 def _ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
     """numerator / denominator elementwise, 0.0 where the denominator is 0 (the tables' convention)."""
@@ -156,11 +137,8 @@ class _Encoded:
 
 
 def _resolve_classes(classes, names, datasets, refs) -> dict[str, tuple[str, ...]]:
-    if classes is None:
-        inferred: dict[str, set[str]] = {name: set() for name in names}
-        for dataset, ref in zip(datasets, refs, strict=True):
-            inferred[dataset] |= ref
-        return {name: tuple(sorted(labels)) for name, labels in inferred.items()}
+    if classes is None:  # without a class list, exactly the labels the references use
+        return dataset_classes(datasets, refs, use_known=False)
     missing = [name for name in names if name not in classes]
     if missing:
         raise ValueError(f"classes has no label list for dataset(s) {missing}; it covers {sorted(classes)}")

@@ -1,53 +1,28 @@
 """Model cards that carry the fairness report: what was trained, how, on what, and how fair it is.
 
-`render_model_card(...)` is pure: from the base model, the method, the data, the hyperparameters and the
-fairness results ({attribute: `compute_fairness` output}) it returns the README.md text, with YAML front
-matter the Hub reads (``base_model``, ``tags``, ``datasets`` and a ``model-index`` with the F1, accuracy,
-EOD, PP, ... of every demographic attribute). The tables are those of ``fair-trl evaluate``: the Table
-2-style summary and the appendix-style table per dataset and group.
-
-`write_model_card(trainer, ...)` takes all of that from a `FairGRPOTrainer` (its `args`, `model`, datasets
-and `fairness_results["eval"]`, which `trainer.evaluate()` fills) and writes ``<output_dir>/README.md``.
+`render_model_card(record)` is a pure function of a plain `ModelCardRecord` (the base model, the method,
+the data, the hyperparameters and the fairness results, {attribute: `compute_fairness` output}): it
+returns the README.md text, with YAML front matter the Hub reads (``base_model``, ``tags``,
+``datasets`` and a ``model-index`` with the F1, accuracy, EOD, PP, ... of every demographic attribute).
+The tables are those of ``fair-trl evaluate``: the Table 2-style summary and the appendix-style table
+per dataset and group. `FairGRPOTrainer.model_card_record()` builds the record of a run; nothing here
+reads a trainer.
 """
 
 from __future__ import annotations
 
 import re
-from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from huggingface_hub import EvalResult, ModelCardData
 
+from fair_trl.advantages import REGISTRY
 from fair_trl.evaluate import markdown_tables
 
-if TYPE_CHECKING:
-    from fair_trl.trainer import FairGRPOTrainer
-
-__all__ = ["METHODS", "card_hyperparameters", "method_name", "render_model_card", "write_model_card"]
-
-# advantage_estimator -> (display name, one-line description)
-METHODS: dict[str, tuple[str, str]] = {
-    "grpo": ("GRPO", "group relative policy optimisation: each rollout's reward normalised within its prompt's group"),
-    "rloo": ("RLOO", "REINFORCE leave-one-out: each rollout's baseline is the mean reward of the prompt's others"),
-    "reinforce_pp": ("REINFORCE++", "REINFORCE with advantages normalised over the whole batch"),
-    "group_dro": (
-        "GRPO + Group DRO",
-        "GRPO with online Group DRO weights that up-weight the demographic groups with the lowest reward",
-    ),
-    "fair_grpo": (
-        "FairGRPO",
-        "fairness-aware GRPO: each prompt's normalised advantage is divided by temperatures of its domain and "
-        "demographic group (sqrt(count) x mean reward), so under-represented and harder groups weigh more; "
-        "prompts without demographics get latent groups by clustering",
-    ),
-    "fair_grpo_nd": (
-        "FairGRPO-ND",
-        "FairGRPO without demographics: every prompt's group is discovered by k-means on its rollout rewards",
-    ),
-}
-RESAMPLING = ("GRPO + Resampling", "GRPO on prompts resampled so every (domain, demographic group) is equally frequent")
+__all__ = ["ModelCardRecord", "card_hyperparameters", "method_name", "render_model_card", "write_model_card"]
 
 # (model-index metric type, compute_fairness key, display name); higher is better for the first four.
 INDEX_METRICS = (
@@ -64,11 +39,12 @@ INDEX_METRICS = (
     ("sigma_acc", "sigma_acc", "sigma_Acc"),
 )
 
-# FairGRPOConfig fields shown in the card (those a reader needs to reproduce the run), in this order.
+# FairGRPOConfig fields shown in every card (those a reader needs to reproduce the run), in this order;
+# each estimator's own fields (its registry entry) follow them, for that estimator only.
 CARD_FIELDS = (
     "advantage_estimator",
     "balanced_sampling",
-    "dro_step_size",
+    "sampling_weight_column",
     "learning_rate",
     "lr_scheduler_type",
     "weight_decay",
@@ -94,17 +70,11 @@ CARD_FIELDS = (
     "domain_column",
     "demographic_columns",
     "age_bins",
-    "cluster_max_k",
-    "cluster_elbow_threshold",
-    "cluster_pool_size",
 )
-# Fields that only matter for some estimators.
-_ONLY_FOR = {
-    "dro_step_size": ("group_dro",),
-    "cluster_max_k": ("fair_grpo", "fair_grpo_nd"),
-    "cluster_elbow_threshold": ("fair_grpo", "fair_grpo_nd"),
-    "cluster_pool_size": ("fair_grpo", "fair_grpo_nd"),
-}
+RESAMPLING = ("GRPO + Resampling", "GRPO on prompts resampled so every (domain, demographic group) is equally frequent")
+# Sampler names (`ModelCardRecord.sampler`).
+BALANCED_SAMPLER = "balanced"
+WEIGHTED_SAMPLER_PREFIX = "weighted:"
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
@@ -116,11 +86,28 @@ CITATION = """```bibtex
 ```"""
 
 
-def method_name(estimator: str, balanced_sampling: bool = False) -> tuple[str, str]:
-    """(display name, description) of a training method; GRPO with balanced sampling is Resampling."""
-    if estimator == "grpo" and balanced_sampling:
-        return RESAMPLING
-    return METHODS.get(estimator, (estimator, f"advantage estimator {estimator!r}"))
+def method_name(
+    estimator: str, sampler: str | None = None, variants: Mapping[str, Any] | None = None
+) -> tuple[str, str]:
+    """(display name, description) of a training method: the estimator's registry entry, plus its sampler
+    (GRPO with balanced sampling is the paper's Resampling) and any variant fields set away from the paper.
+    """
+    spec = REGISTRY.get(estimator)
+    display, description = (spec.display_name, spec.description) if spec else (estimator, f"estimator {estimator!r}")
+    if sampler == BALANCED_SAMPLER:
+        if estimator == "grpo":
+            return RESAMPLING
+        display += " + Resampling"
+        description += "; prompts resampled so every (domain, demographic group) is equally frequent"
+    elif sampler and sampler.startswith(WEIGHTED_SAMPLER_PREFIX):
+        column = sampler[len(WEIGHTED_SAMPLER_PREFIX) :]
+        display += " + weighted sampling"
+        description += f"; prompts drawn in proportion to the `{column}` column"
+    if variants:
+        settings = ", ".join(f"{name}={_fmt_value(value)}" for name, value in variants.items())
+        display += f" (variant: {settings})"
+        description += f"; a variant of the paper's method ({settings})"
+    return display, description
 
 
 def _is_hub_id(name: str | None) -> bool:
@@ -190,42 +177,98 @@ def _metadata(
     return data.to_yaml()
 
 
-def render_model_card(
-    *,
-    base_model: str,
-    method: str,
-    datasets: str | Sequence[str] | None,
-    hyperparameters: Mapping[str, Any],
-    fairness: Mapping[str, Mapping[str, Any]] | None,
-    model_name: str | None = None,
-    hub_model_id: str | None = None,
-    tags: Sequence[str] | None = None,
-    base_model_on_hub: bool | None = None,
-    hub_datasets: Sequence[str] | None = None,
-    domains: Mapping[str, int] | None = None,
-    eval_dataset: str | None = None,
-    eval_split: str | None = "test",
-    trained_steps: int | None = None,
-    versions: Mapping[str, str] | None = None,
-) -> str:
-    """The README.md text of a model trained with fair-trl.
+@dataclass
+class ModelCardRecord:
+    """Everything a model card says, as plain values (no trainer, no model).
 
-    `method`: the `advantage_estimator` (GRPO with ``balanced_sampling`` in `hyperparameters` is shown as
-    Resampling). `fairness`: {attribute: `compute_fairness` output} of the final evaluation, or None/{}
-    when there was none. `base_model_on_hub`: whether `base_model` names a Hub model (it then goes into the
-    metadata); by default, whether it looks like ``org/name``. `hub_datasets`: which of `datasets` are Hub
-    datasets (listed in the metadata); by default those that look like ``org/name``. `domains`: training
-    rows per domain.
+    `method`: the `advantage_estimator`; `sampler`: None, ``"balanced"`` or ``"weighted:<column>"``;
+    `variants`: the estimator's variant fields set away from the paper. `fairness`: {attribute:
+    `compute_fairness` output} of the final evaluation, or {} when there was none. `base_model_on_hub`:
+    whether `base_model` names a Hub model (it then goes into the metadata); None: whether it looks like
+    ``org/name``. `hub_datasets`: which of `datasets` are Hub datasets (listed in the metadata); None:
+    those that look like ``org/name``. `domains`: training rows per domain.
     """
-    fairness = dict(fairness or {})
-    dataset_list = _as_list(datasets)
-    display, description = method_name(method, bool(hyperparameters.get("balanced_sampling")))
-    model_name = model_name or (hub_model_id.split("/")[-1] if hub_model_id else f"{display} model")
-    on_hub = _is_hub_id(base_model) if base_model_on_hub is None else base_model_on_hub
+
+    base_model: str
+    method: str
+    datasets: str | Sequence[str] | None
+    hyperparameters: Mapping[str, Any]
+    fairness: Mapping[str, Mapping[str, Any]] | None
+    sampler: str | None = None
+    variants: Mapping[str, Any] = field(default_factory=dict)
+    model_name: str | None = None
+    hub_model_id: str | None = None
+    tags: Sequence[str] | None = None
+    base_model_on_hub: bool | None = None
+    hub_datasets: Sequence[str] | None = None
+    domains: Mapping[str, int] | None = None
+    eval_dataset: str | None = None
+    eval_split: str | None = "test"
+    trained_steps: int | None = None
+    versions: Mapping[str, str] | None = None
+
+    @classmethod
+    def build(
+        cls,
+        *,
+        base_model: str,
+        method: str,
+        sampler: str | None,
+        variants: Mapping[str, Any],
+        dataset_names: str | Sequence[str] | None,
+        domains: Mapping[str, int] | None,
+        hyperparameters: Mapping[str, Any],
+        fairness: Mapping[str, Mapping[str, Any]],
+        model_name: str | None,
+        output_dir: str,
+        hub_model_id: str | None,
+        tags: str | Sequence[str] | None,
+        eval_split: str | None,
+        trained_steps: int | None,
+    ) -> ModelCardRecord:
+        """A run's record, telling local paths from Hub ids: a name that exists on disk is local."""
+        on_hub = _is_hub_id(base_model) and not Path(base_model).expanduser().exists()
+        names = _as_list(dataset_names) or sorted(domains or ())
+        if hub_model_id and not _is_hub_id(hub_model_id):
+            hub_model_id = None
+        return cls(
+            base_model=base_model,
+            method=method,
+            sampler=sampler,
+            variants=dict(variants),
+            datasets=names,
+            hyperparameters=dict(hyperparameters),
+            fairness=dict(fairness),
+            model_name=model_name or (hub_model_id.split("/")[-1] if hub_model_id else Path(output_dir).name),
+            hub_model_id=hub_model_id,
+            tags=_as_list(tags),
+            base_model_on_hub=on_hub,
+            hub_datasets=[n for n in names if _is_hub_id(n) and not Path(n).expanduser().exists()],
+            domains=domains,
+            eval_dataset=names[0] if len(names) == 1 else None,
+            eval_split=eval_split if fairness else None,
+            trained_steps=trained_steps,
+            versions=_versions(),
+        )
+
+
+def render_model_card(record: ModelCardRecord) -> str:
+    """The README.md text of a model trained with fair-trl."""
+    r = record
+    base_model, method, hyperparameters = r.base_model, r.method, r.hyperparameters
+    hub_model_id, eval_dataset, eval_split = r.hub_model_id, r.eval_dataset, r.eval_split
+    domains, trained_steps, versions = r.domains, r.trained_steps, r.versions
+    fairness = dict(r.fairness or {})
+    dataset_list = _as_list(r.datasets)
+    display, description = method_name(method, r.sampler, r.variants)
+    model_name = r.model_name or (hub_model_id.split("/")[-1] if hub_model_id else f"{display} model")
+    on_hub = _is_hub_id(base_model) if r.base_model_on_hub is None else r.base_model_on_hub
+    hub_datasets = r.hub_datasets
     if hub_datasets is None:
         hub_datasets = [d for d in dataset_list if _is_hub_id(d)]
-    all_tags = ["fair-trl", "trl", "grpo", _slug(display), "medical", "clinical", "fairness", "vision-language"]
-    for tag in tags or ():
+    method_tag = _slug(display.split(" (variant:")[0])
+    all_tags = ["fair-trl", "trl", "grpo", method_tag, "medical", "clinical", "fairness", "vision-language"]
+    for tag in r.tags or ():
         if tag not in all_tags:
             all_tags.append(tag)
 
@@ -306,17 +349,18 @@ def render_model_card(
 
 
 def card_hyperparameters(args: Any) -> dict[str, Any]:
-    """The card's hyperparameter table from a `FairGRPOConfig`, with the batch sizes in prompts as well."""
-    estimator = getattr(args, "advantage_estimator", "grpo")
+    """The card's hyperparameter table from a `FairGRPOConfig`, with the batch sizes in prompts as well.
+
+    The common fields, then the fields of the run's estimator (its registry entry), variants included.
+    """
+    spec = REGISTRY.get(getattr(args, "advantage_estimator", "grpo"))
     out: dict[str, Any] = {}
-    for name in CARD_FIELDS:
+    for name in (*CARD_FIELDS, *(spec.config_fields if spec else ())):
         if not hasattr(args, name):
-            continue
-        if name in _ONLY_FOR and estimator not in _ONLY_FOR[name]:
             continue
         if name == "max_steps" and args.max_steps <= 0:
             continue
-        if name == "balanced_sampling" and not args.balanced_sampling:
+        if name in ("balanced_sampling", "sampling_weight_column") and not getattr(args, name):
             continue
         if name.startswith("vllm_") and not getattr(args, "use_vllm", False):
             continue
@@ -332,16 +376,6 @@ def card_hyperparameters(args: Any) -> dict[str, Any]:
     return out
 
 
-def _base_model_id(model: Any) -> str:
-    peft_config = getattr(model, "peft_config", None)
-    if isinstance(peft_config, Mapping) and peft_config:
-        name = next(iter(peft_config.values())).base_model_name_or_path
-        if name:
-            return str(name)
-    config = getattr(model, "config", None)
-    return str(getattr(config, "_name_or_path", "") or "unknown")
-
-
 def _versions() -> dict[str, str]:
     import torch
     import transformers
@@ -353,53 +387,11 @@ def _versions() -> dict[str, str]:
             "PyTorch": torch.__version__}  # fmt: skip
 
 
-def write_model_card(
-    trainer: FairGRPOTrainer,
-    dataset_names: str | Sequence[str] | None = None,
-    *,
-    model_name: str | None = None,
-    tags: str | Sequence[str] | None = None,
-    eval_split: str | None = "test",
-) -> Path:
-    """Write ``<trainer.args.output_dir>/README.md`` for `trainer`'s model and return its path.
-
-    Reads `trainer.args` (the method and hyperparameters), `trainer.model` (the base model id), the train
-    dataset's domain column (rows per domain), `trainer.fairness_results["eval"]` (the last evaluation's
-    fairness results) and `trainer.hub_model_id`. `dataset_names`: what the model was trained on (a Hub id
-    goes into the card's metadata); by default the train dataset's domains.
-    """
-    args = trainer.args
-    base_model = _base_model_id(trainer.model)
-    on_hub = _is_hub_id(base_model) and not Path(base_model).expanduser().exists()
-    domains = None
-    column = getattr(args, "domain_column", None)
-    train = getattr(trainer, "train_dataset", None)
-    if column and train is not None and column in (getattr(train, "column_names", None) or ()):
-        domains = dict(Counter(str(v) for v in train[column]))
-    names = _as_list(dataset_names) or sorted(domains or ())
-    # The repository's full id once `push_to_hub` created it; before that, args.hub_model_id if it names one.
-    hub_model_id = getattr(trainer, "hub_model_id", None) or args.hub_model_id
-    if hub_model_id and not _is_hub_id(hub_model_id):
-        hub_model_id = None
-    fairness = getattr(trainer, "fairness_results", {}).get("eval") or {}
-    text = render_model_card(
-        base_model=base_model,
-        method=getattr(args, "advantage_estimator", "grpo"),
-        datasets=names,
-        hyperparameters=card_hyperparameters(args),
-        fairness=fairness,
-        model_name=model_name or (hub_model_id.split("/")[-1] if hub_model_id else Path(args.output_dir).name),
-        hub_model_id=hub_model_id,
-        tags=_as_list(tags),
-        base_model_on_hub=on_hub,
-        hub_datasets=[n for n in names if _is_hub_id(n) and not Path(n).expanduser().exists()],
-        domains=domains,
-        eval_dataset=names[0] if len(names) == 1 else None,
-        eval_split=eval_split if fairness else None,
-        trained_steps=trainer.state.global_step,
-        versions=_versions(),
-    )
-    path = Path(args.output_dir) / "README.md"
+def write_model_card(record: ModelCardRecord, output_dir: str | Path) -> Path:
+    """Write ``<output_dir>/README.md`` from `record` (atomically: a reader never sees half a card)."""
+    path = Path(output_dir) / "README.md"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text, encoding="utf-8")
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(render_model_card(record), encoding="utf-8")
+    tmp.replace(path)
     return path

@@ -16,7 +16,7 @@ import re
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from fair_trl.labels import SYNONYMS, canonical_labels, label_key
+from fair_trl.labels import SYNONYMS, label_classes, label_key
 
 __all__ = [
     "AccuracyReward",
@@ -95,13 +95,7 @@ def matcher_for(labels: Sequence[str]) -> LabelMatcher:
 
 def label_set_for(dataset: str | None, reference: str | Iterable[str] | None = None) -> tuple[str, ...]:
     """The candidate labels: the known dataset's label set, else the labels of the reference itself."""
-    known = canonical_labels(dataset) if dataset else None
-    if known is not None:
-        return known
-    if reference is None:
-        return ()
-    parts = reference.split(",") if isinstance(reference, str) else reference
-    return tuple(sorted(p.strip() for p in parts if p.strip()))
+    return label_classes(dataset, [reference])
 
 
 def parse_prediction(

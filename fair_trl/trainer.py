@@ -14,6 +14,7 @@ import inspect
 import json
 import logging
 import os
+from collections import Counter
 from collections.abc import Mapping
 from typing import Any
 
@@ -22,19 +23,24 @@ from accelerate.utils import gather_object
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import GRPOTrainer
 
-from fair_trl.advantages import FairGRPOAdvantage, grpo
-from fair_trl.baselines import GroupDROAdvantage, reinforce_pp, rloo
-from fair_trl.callbacks import FairnessLoggingCallback, Rollout, fairness_results, flatten_results
-from fair_trl.config import GROUP_AWARE_ESTIMATORS, FairGRPOConfig
-from fair_trl.groups import GroupKeyer
+from fair_trl.advantages import FairGRPOAdvantage, Stateful, get_spec
+from fair_trl.config import FairGRPOConfig
+from fair_trl.groups import GroupKeyer, domain_key
+from fair_trl.model_card import (
+    BALANCED_SAMPLER,
+    WEIGHTED_SAMPLER_PREFIX,
+    ModelCardRecord,
+    card_hyperparameters,
+    write_model_card,
+)
 from fair_trl.rewards import completion_text, extract_answer
+from fair_trl.rollout_fairness import Rollout, fairness_results, flatten_results
 from fair_trl.sampling import BalancedRepeatSampler, balanced_weights, column_weights
 
 logger = logging.getLogger(__name__)
 
 ESTIMATOR_STATE_FILE = "fair_grpo_state.json"
 GROUP_KEYER_STATE_FILE = "group_keyer_state.json"
-UNKNOWN_DOMAIN = "unknown"
 
 
 class FairGRPOTrainer(GRPOTrainer):
@@ -55,25 +61,23 @@ class FairGRPOTrainer(GRPOTrainer):
             bound.arguments["args"] = config
         elif not isinstance(config, FairGRPOConfig):
             raise TypeError(f"FairGRPOTrainer needs args=FairGRPOConfig(...), got {type(config).__name__}")
-        if config.advantage_estimator in GROUP_AWARE_ESTIMATORS or config.balanced_sampling:
+        self.estimator_spec = get_spec(config.advantage_estimator)
+        self.estimator = self.estimator_spec.factory(config)
+        if self.estimator.needs_groups or config.balanced_sampling:
             _check_columns(bound.arguments.get("train_dataset"), config)
 
         super().__init__(*bound.args[1:], **bound.kwargs)
 
-        self.group_keyer = GroupKeyer(config.demographic_columns, config.age_bins, config.max_age)
-        self.estimator = _make_estimator(config)
+        self.group_keyer = GroupKeyer.from_config(config)
         self._last_rewards_per_func: torch.Tensor | None = None
         # Rollouts scored since the last fairness log, per mode; a keyer of their own keeps the
-        # estimator's missing/invalid counts from being counted twice.
+        # estimator's missing/invalid counts from being counted twice, sharing its warnings.
         self._rollouts: dict[str, list[Rollout]] = {"train": [], "eval": []}
-        self._fairness_keyer = GroupKeyer(config.demographic_columns, config.age_bins, config.max_age)
-        # One warning per bad column in all, not one per keyer.
-        self._fairness_keyer._warned = self.group_keyer._warned
+        self._fairness_keyer = self.group_keyer.sibling()
+        self._fairness_logged_step = -1
         self._warned_nonfinite: set[str] = set()
         # The latest full `compute_fairness` output per attribute, per mode (e.g. for a model card).
         self.fairness_results: dict[str, dict[str, Any]] = {"train": {}, "eval": {}}
-        if config.fairness_logging_steps > 0 and config.demographic_columns:
-            self.add_callback(FairnessLoggingCallback(self, config.fairness_logging_steps))
 
     @property
     def fair_estimator(self) -> FairGRPOAdvantage | None:
@@ -88,10 +92,8 @@ class FairGRPOTrainer(GRPOTrainer):
         `rewards`: the summed reward of each completion, gathered from all processes (NaN where no
         reward function could score it). `inputs`: this process's rows. The caller slices its part.
         """
-        if self.estimator is None:
-            return grpo(rewards, self.num_generations, scale_rewards=self.scale_rewards)
-        if self.args.advantage_estimator not in GROUP_AWARE_ESTIMATORS:
-            return self.estimator(rewards, self.num_generations)
+        if not self.estimator.needs_groups:
+            return self.estimator(rewards, self.num_generations, None, None)
         domains, groups = self._gather_group_metadata(inputs)
         advantages = self.estimator(rewards, self.num_generations, domains, groups)
         self._log_estimator_step(groups)
@@ -106,9 +108,10 @@ class FairGRPOTrainer(GRPOTrainer):
     def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
         output = super()._generate_and_score_completions(inputs)
         # Evaluation batches keep TRL's advantages: they train nothing and must not move the
-        # estimator's running statistics. A "grpo" run with per-function normalisation is TRL's own.
+        # estimator's running statistics. An estimator that reproduces TRL's advantages leaves them alone
+        # when TRL normalises per reward function, which it alone implements.
         if not self.model.training or (
-            self.estimator is None and self.multi_objective_aggregation != "sum_then_normalize"
+            self.estimator_spec.keeps_trl_advantages and self.multi_objective_aggregation != "sum_then_normalize"
         ):
             return output
         rewards = self._summed_rewards()
@@ -159,7 +162,7 @@ class FairGRPOTrainer(GRPOTrainer):
         """Per-completion domains and group keys of the global batch, identical on every rank."""
         domain_column = self.args.domain_column
         local = [
-            (_domain_of(row, domain_column), {c: row.get(c) for c in self.args.demographic_columns}) for row in inputs
+            (domain_key(row, domain_column), {c: row.get(c) for c in self.args.demographic_columns}) for row in inputs
         ]
         # Raw values are gathered and keyed on every rank, so keys and invalid-value counts agree.
         # Each prompt's G completions are contiguous copies of one row: key (and count) it once.
@@ -172,8 +175,8 @@ class FairGRPOTrainer(GRPOTrainer):
     def _log_estimator_step(self, groups: list[str | None]) -> None:
         info = self.estimator.last_info
         metrics = self._metrics["train"]
-        prefix = "dro" if isinstance(self.estimator, GroupDROAdvantage) else "fair"
-        for key, weight in info["weight"].items():
+        prefix = self.estimator.metric_prefix
+        for key, weight in info.get("weight", {}).items():
             metrics[f"{prefix}/weight/{key}"].append(weight)
         if "num_clusters" in info:
             metrics["fair/num_clusters"].append(float(info["num_clusters"]))
@@ -193,8 +196,8 @@ class FairGRPOTrainer(GRPOTrainer):
             # Only the metadata columns: images are never decoded to compute the weights.
             columns = [c for c in [self.args.domain_column, *self.args.demographic_columns] if c]
             rows = dataset.select_columns(columns).to_list()
-            keyer = GroupKeyer(self.args.demographic_columns, self.args.age_bins, self.args.max_age)
-            weights = balanced_weights([_domain_of(r, self.args.domain_column) for r in rows], keyer.keys(rows))
+            keyer = self.group_keyer.sibling()
+            weights = balanced_weights([domain_key(r, self.args.domain_column) for r in rows], keyer.keys(rows))
         return BalancedRepeatSampler(
             weights,
             data_source=dataset,
@@ -218,7 +221,7 @@ class FairGRPOTrainer(GRPOTrainer):
                 continue
             groups = {c: self._fairness_keyer.attribute(c, row.get(c)) for c in self.args.demographic_columns}
             answer = extract_answer(completion_text(completion))
-            buffer.append(Rollout(answer, str(reference), _domain_of(row, self.args.domain_column), groups))
+            buffer.append(Rollout(answer, str(reference), domain_key(row, self.args.domain_column), groups))
 
     def _fairness_logs(self, mode: str) -> dict[str, float]:
         """The fairness metrics of every process's rollouts since the last call; clears the buffer."""
@@ -228,6 +231,21 @@ class FairGRPOTrainer(GRPOTrainer):
         if results:
             self.fairness_results[mode] = results
         return flatten_results(results)
+
+    def _maybe_log_save_evaluate(self, *args: Any, **kwargs: Any) -> None:
+        # Right after each optimizer step (and once more at an epoch's end, at the same step): the
+        # trainer schedules its own fairness log, so no callback has to hold the trainer.
+        steps = self.args.fairness_logging_steps
+        step = self.state.global_step
+        if (
+            steps > 0
+            and self.args.demographic_columns
+            and step % steps == 0
+            and step != self._fairness_logged_step
+        ):
+            self._fairness_logged_step = step
+            self.log_fairness()
+        super()._maybe_log_save_evaluate(*args, **kwargs)
 
     def log_fairness(self) -> None:
         """Log the fairness of the training rollouts since the last call (every process must call it)."""
@@ -260,11 +278,59 @@ class FairGRPOTrainer(GRPOTrainer):
         **kwargs: Any,
     ) -> None:
         """The fairness model card (fair_trl.model_card) instead of TRL's; `push_to_hub` uploads it."""
-        if not self.is_world_process_zero():
-            return
-        from fair_trl.model_card import write_model_card
+        if self.is_world_process_zero():
+            self.write_model_card(dataset_name, model_name=model_name, tags=tags)
 
-        write_model_card(self, dataset_names=dataset_name, model_name=model_name, tags=tags)
+    def write_model_card(
+        self,
+        dataset_names: str | list[str] | None = None,
+        *,
+        model_name: str | None = None,
+        tags: str | list[str] | None = None,
+        eval_split: str | None = "test",
+    ) -> str:
+        """Write ``<output_dir>/README.md``: the card of `model_card_record`; returns its path."""
+        record = self.model_card_record(dataset_names, model_name=model_name, tags=tags, eval_split=eval_split)
+        return write_model_card(record, self.args.output_dir)
+
+    def model_card_record(
+        self,
+        dataset_names: str | list[str] | None = None,
+        *,
+        model_name: str | None = None,
+        tags: str | list[str] | None = None,
+        eval_split: str | None = "test",
+    ) -> ModelCardRecord:
+        """What the model card says of this run: method, hyperparameters, data and the last eval's fairness.
+
+        `dataset_names`: what the model was trained on (a Hub id goes into the card's metadata); by
+        default the train dataset's domains. The fairness results are `fairness_results["eval"]`, which
+        `evaluate()` fills.
+        """
+        args = self.args
+        column = args.domain_column
+        train = self.train_dataset
+        domains = None
+        if column and train is not None and column in (getattr(train, "column_names", None) or ()):
+            domains = dict(Counter(str(v) for v in train[column]))
+        # The repository's full id once `push_to_hub` created it; before that, args.hub_model_id.
+        hub_model_id = getattr(self, "hub_model_id", None) or args.hub_model_id
+        return ModelCardRecord.build(
+            base_model=_base_model_id(self.model),
+            method=args.advantage_estimator,
+            sampler=_sampler_of(args),
+            variants=self.estimator_spec.active_variants(args),
+            dataset_names=dataset_names,
+            domains=domains,
+            hyperparameters=card_hyperparameters(args),
+            fairness=self.fairness_results.get("eval") or {},
+            model_name=model_name,
+            output_dir=args.output_dir,
+            hub_model_id=hub_model_id,
+            tags=tags,
+            eval_split=eval_split,
+            trained_steps=self.state.global_step,
+        )
 
     # -- checkpoints ----------------------------------------------------------------------------
 
@@ -276,7 +342,7 @@ class FairGRPOTrainer(GRPOTrainer):
                 self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
             )
             os.makedirs(folder, exist_ok=True)
-            if hasattr(self.estimator, "state_dict"):
+            if isinstance(self.estimator, Stateful):
                 _write_json_atomically(os.path.join(folder, ESTIMATOR_STATE_FILE), self.estimator.state_dict())
             _write_json_atomically(os.path.join(folder, GROUP_KEYER_STATE_FILE), self.group_keyer.state_dict())
         super()._save_checkpoint(model, trial)
@@ -289,7 +355,7 @@ class FairGRPOTrainer(GRPOTrainer):
         if os.path.exists(keyer_path):
             with open(keyer_path) as f:
                 self.group_keyer.load_state_dict(json.load(f))
-        if not hasattr(self.estimator, "load_state_dict"):
+        if not isinstance(self.estimator, Stateful):
             return
         path = os.path.join(checkpoint, ESTIMATOR_STATE_FILE)
         if not os.path.exists(path):
@@ -309,38 +375,22 @@ def _write_json_atomically(path: str, value: Any) -> None:
     os.replace(path + ".tmp", path)
 
 
-def _make_estimator(config: FairGRPOConfig) -> Any:
-    """The configured advantage estimator; None for "grpo", which keeps TRL's own computation."""
-    name = config.advantage_estimator
-    if name in ("fair_grpo", "fair_grpo_nd"):
-        return FairGRPOAdvantage(
-            use_demographics=name == "fair_grpo",
-            epsilon=config.fair_epsilon,
-            norm_epsilon=config.fair_norm_epsilon,
-            max_clusters=config.cluster_max_k,
-            elbow_threshold=config.cluster_elbow_threshold,
-            cluster_pool_size=config.cluster_pool_size,
-            seed=config.seed,
-            reward_floor=config.fair_reward_floor,
-            max_weight_ratio=config.fair_max_weight_ratio,
-            stats_window=config.fair_stats_window,
-        )
-    if name == "group_dro":
-        return GroupDROAdvantage(step_size=config.dro_step_size, scale_rewards=config.scale_rewards)
-    if name == "rloo":
-        return rloo
-    if name == "reinforce_pp":
-        return lambda rewards, num_generations: reinforce_pp(rewards)
+def _sampler_of(args: FairGRPOConfig) -> str | None:
+    if args.balanced_sampling:
+        return BALANCED_SAMPLER
+    if args.sampling_weight_column:
+        return WEIGHTED_SAMPLER_PREFIX + args.sampling_weight_column
     return None
 
 
-def _domain_of(row: Mapping[str, Any], column: str | None) -> str:
-    if column is None:
-        return "all"
-    value = row.get(column)
-    if value is None or (isinstance(value, float) and value != value) or str(value).strip() == "":
-        return UNKNOWN_DOMAIN
-    return str(value).strip()
+def _base_model_id(model: Any) -> str:
+    peft_config = getattr(model, "peft_config", None)
+    if isinstance(peft_config, Mapping) and peft_config:
+        name = next(iter(peft_config.values())).base_model_name_or_path
+        if name:
+            return str(name)
+    config = getattr(model, "config", None)
+    return str(getattr(config, "_name_or_path", "") or "unknown")
 
 
 def _check_columns(dataset: Any, config: FairGRPOConfig) -> None:

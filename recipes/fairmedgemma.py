@@ -45,7 +45,6 @@ from trl import ModelConfig, ScriptArguments, TrlParser, get_peft_config, get_qu
 
 from fair_trl import FairGRPOConfig, FairGRPOTrainer, accuracy_reward, build_dataset, format_reward
 from fair_trl.data.loading import SUMMARY_FILE, is_saved_dataset, load_split
-from fair_trl.model_card import write_model_card
 
 logger = logging.getLogger(__name__)
 
@@ -161,7 +160,7 @@ def main(script_args: FairMedGemmaScriptArguments, training_args: FairGRPOConfig
 
     trainer.save_model(training_args.output_dir)  # model and processor
     if trainer.is_world_process_zero():
-        card = write_model_card(trainer, dataset_names=data_name)
+        card = trainer.write_model_card(dataset_names=data_name)
         trainer.accelerator.print(f"Model, processor and model card saved to {card.parent}")
     if training_args.push_to_hub:
         # Uploads the output directory: model, processor and the card (re-written by create_model_card).

@@ -6,15 +6,11 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import per_completion
 
-from fair_trl.advantages import FairGRPOAdvantage, temperature
+from fair_trl.advantages import REGISTRY, FairGRPOAdvantage, temperature
 from fair_trl.config import FairGRPOConfig
 from fair_trl.sampling import BalancedRepeatSampler, column_weights
-from fair_trl.trainer import _make_estimator
-
-
-def per_completion(values, g):
-    return [v for v in values for _ in range(g)]
 
 
 def two_group_batch(low_rewards):
@@ -121,9 +117,10 @@ def test_config_fields_reach_the_estimator(tmp_path):
     config = FairGRPOConfig(
         str(tmp_path), use_cpu=True, fair_reward_floor=0.3, fair_max_weight_ratio=4.0, fair_stats_window=20
     )
-    estimator = _make_estimator(config)
+    estimator = REGISTRY[config.advantage_estimator].factory(config)
     assert (estimator.reward_floor, estimator.max_weight_ratio, estimator.stats_window) == (0.3, 4.0, 20)
-    assert _make_estimator(FairGRPOConfig(str(tmp_path), use_cpu=True)).stats_window is None
+    default = FairGRPOConfig(str(tmp_path), use_cpu=True)
+    assert REGISTRY[default.advantage_estimator].factory(default).stats_window is None
 
 
 @pytest.mark.parametrize(

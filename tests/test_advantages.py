@@ -6,13 +6,10 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import per_completion
 from trl.trainer.utils import nanstd as trl_nanstd
 
 from fair_trl.advantages import FairGRPOAdvantage, grpo, kmeans_elbow, rollout_features
-
-
-def per_completion(values, g):
-    return [v for v in values for _ in range(g)]
 
 
 def trl_reference(rewards, g, scale_rewards):

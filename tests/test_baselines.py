@@ -8,11 +8,11 @@ from collections import Counter
 import numpy as np
 import pytest
 import torch
-from test_trainer import RecordingTrainer, config, length_reward, text_dataset, text_model_dir  # noqa: F401
+from conftest import RecordingTrainer, length_reward, text_dataset, trainer_config
 
 from fair_trl import FairGRPOConfig, FairGRPOTrainer
 from fair_trl.advantages import grpo
-from fair_trl.baselines import GroupDROAdvantage, reinforce_pp, rloo
+from fair_trl.advantages.baselines import GroupDROAdvantage, reinforce_pp, rloo
 from fair_trl.sampling import BalancedRepeatSampler, balanced_weights
 from fair_trl.trainer import ESTIMATOR_STATE_FILE
 
@@ -132,11 +132,11 @@ def test_balanced_sampler_keeps_trl_layout_and_balances_cells():
 
 
 @pytest.mark.parametrize("estimator", ["rloo", "reinforce_pp", "group_dro"])
-def test_baselines_train_through_the_seam(text_model_dir, tmp_path, estimator):  # noqa: F811
+def test_baselines_train_through_the_seam(text_model_dir, tmp_path, estimator):
     trainer = RecordingTrainer(
         model=text_model_dir,
         reward_funcs=length_reward,
-        args=FairGRPOConfig(**config(tmp_path), advantage_estimator=estimator),
+        args=FairGRPOConfig(**trainer_config(tmp_path), advantage_estimator=estimator),
         train_dataset=text_dataset(),
     )
     trainer.train()
@@ -153,17 +153,18 @@ def test_baselines_train_through_the_seam(text_model_dir, tmp_path, estimator): 
         assert trainer.estimator.step == 3 and trainer.fair_estimator is None
 
 
-def test_group_dro_state_is_checkpointed(text_model_dir, tmp_path):  # noqa: F811
-    args = FairGRPOConfig(**config(tmp_path, save_strategy="steps", save_steps=2), advantage_estimator="group_dro")
+def test_group_dro_state_is_checkpointed(text_model_dir, tmp_path):
+    settings = trainer_config(tmp_path, save_strategy="steps", save_steps=2)
+    args = FairGRPOConfig(**settings, advantage_estimator="group_dro")
     trainer = FairGRPOTrainer(model=text_model_dir, reward_funcs=length_reward, args=args, train_dataset=text_dataset())
     trainer.train()
     saved = json.loads((tmp_path / "out" / "checkpoint-2" / ESTIMATOR_STATE_FILE).read_text())
     assert saved["step"] == 2 and saved["log_weights"]
 
 
-def test_resampling_trainer_uses_the_balanced_sampler(text_model_dir, tmp_path):  # noqa: F811
+def test_resampling_trainer_uses_the_balanced_sampler(text_model_dir, tmp_path):
     data = text_dataset(n=40)
-    args = FairGRPOConfig(**config(tmp_path), advantage_estimator="grpo", balanced_sampling=True)
+    args = FairGRPOConfig(**trainer_config(tmp_path), advantage_estimator="grpo", balanced_sampling=True)
     trainer = FairGRPOTrainer(model=text_model_dir, reward_funcs=length_reward, args=args, train_dataset=data)
     sampler = trainer._get_train_sampler()
     assert isinstance(sampler, BalancedRepeatSampler)

@@ -8,11 +8,11 @@ import pytest
 from PIL import Image
 
 from fair_trl.cli import main
-from fair_trl.demo import jaccard_reward
-from fair_trl.demo_plots import pareto_front
-from fair_trl.demo_report import analyse, rebuild
-from fair_trl.demo_stats import paired_difference, seed_summary
-from fair_trl.experiment import ExperimentSettings, demo_splits, run_one, with_oracle_weights
+from fair_trl.demo.experiment import ExperimentSettings, demo_splits, run_one, with_oracle_weights
+from fair_trl.demo.plots import pareto_front
+from fair_trl.demo.report import analyse, rebuild
+from fair_trl.demo.reward import jaccard_reward
+from fair_trl.demo.stats import paired_difference, seed_summary
 
 PLOTS = ("curves.png", "pareto.png", "group_f1_difference.png", "group_curves.png", "scale_factors.png")
 

@@ -7,14 +7,14 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import demo_dataset
 
 from fair_trl import FairGRPOConfig, FairGRPOTrainer
-from fair_trl.callbacks import LOGGED_METRICS, Rollout, fairness_metrics
-from fair_trl.demo import demo_dataset
 from fair_trl.labels import DATASET_LABELS
 from fair_trl.metrics import compute_fairness
 from fair_trl.models import build_tiny_vlm
 from fair_trl.rewards import accuracy_reward, format_reward
+from fair_trl.rollout_fairness import LOGGED_METRICS, Rollout, fairness_metrics
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 

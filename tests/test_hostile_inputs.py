@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import length_reward
 from datasets import Dataset
 from PIL import Image
 
@@ -43,7 +44,6 @@ from fair_trl.cli import main as cli_main
 from fair_trl.data import build_dataset
 from fair_trl.groups import GroupKeyer, InvalidDemographic, parse_age, parse_sex
 from fair_trl.metrics import compute_fairness
-from fair_trl.models import save_tiny_model
 from fair_trl.rewards import AccuracyReward, format_reward
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -342,12 +342,8 @@ def test_ham10000_missing_and_corrupt_images_are_skipped_and_counted(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return str(save_tiny_model(tmp_path_factory.mktemp("tiny") / "text", kind="text"))
-
-
-def length_reward(completions, **_):
-    return [min(len(c if isinstance(c, str) else c[-1]["content"]), 40) / 40 for c in completions]
+def model_dir(text_model_dir):
+    return text_model_dir
 
 
 def rows(n, **columns):

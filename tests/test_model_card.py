@@ -5,13 +5,13 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import demo_dataset
 from huggingface_hub import ModelCard
 
 from fair_trl import FairGRPOConfig, FairGRPOTrainer
-from fair_trl.demo import demo_dataset
 from fair_trl.evaluate import markdown_report
 from fair_trl.metrics import compute_fairness
-from fair_trl.model_card import INDEX_METRICS, card_hyperparameters, render_model_card, write_model_card
+from fair_trl.model_card import INDEX_METRICS, ModelCardRecord, card_hyperparameters, render_model_card
 from fair_trl.models import build_tiny_vlm
 from fair_trl.rewards import accuracy_reward, format_reward
 
@@ -52,7 +52,7 @@ def render(**overrides):
         eval_dataset="org/clinical-mixture",
     )
     values.update(overrides)
-    return render_model_card(**values)
+    return render_model_card(ModelCardRecord(**values))
 
 
 def test_front_matter_is_hub_metadata_with_a_model_index_per_attribute():
@@ -116,7 +116,7 @@ def test_card_without_evaluation_says_so_and_has_no_model_index():
     ("method", "extra", "name"),
     [
         ("grpo", {}, "GRPO"),
-        ("grpo", {"balanced_sampling": True}, "GRPO + Resampling"),
+        ("grpo", {"sampler": "balanced"}, "GRPO + Resampling"),
         ("group_dro", {}, "GRPO + Group DRO"),
         ("fair_grpo_nd", {}, "FairGRPO-ND"),
         ("rloo", {}, "RLOO"),
@@ -124,7 +124,7 @@ def test_card_without_evaluation_says_so_and_has_no_model_index():
     ],
 )
 def test_method_names(method, extra, name):
-    _, body = split_card(render(method=method, hyperparameters={"advantage_estimator": method, **extra}))
+    _, body = split_card(render(method=method, hyperparameters={"advantage_estimator": method}, **extra))
     assert f"fine-tuned with **{name}**" in body
 
 
@@ -155,7 +155,7 @@ def tiny_trainer(tmp_path, **overrides):
 def test_write_model_card_reads_the_trainer(tmp_path):
     trainer = tiny_trainer(tmp_path)
     trainer.fairness_results["eval"] = fairness_results()
-    path = write_model_card(trainer, dataset_names="synthetic")
+    path = trainer.write_model_card(dataset_names="synthetic")
     assert path == Path(trainer.args.output_dir) / "README.md"
     meta, body = split_card(path.read_text())
     assert meta["model-index"][0]["name"] == "FairMedGemma-tiny"
@@ -171,7 +171,7 @@ def test_write_model_card_keeps_local_names_out_of_the_metadata(tmp_path, monkey
     (tmp_path / "data" / "mixture").mkdir(parents=True)
     trainer = tiny_trainer(tmp_path)
     trainer.fairness_results["eval"] = fairness_results()
-    meta, body = split_card(write_model_card(trainer, dataset_names=["data/mixture", "org/hub-data"]).read_text())
+    meta, body = split_card(trainer.write_model_card(dataset_names=["data/mixture", "org/hub-data"]).read_text())
     assert meta["datasets"] == ["org/hub-data"]
     assert "base_model" not in meta  # the tiny model was built in memory, not loaded from the Hub
     assert "**Data:** data/mixture, org/hub-data" in body

@@ -33,7 +33,7 @@ def test_readme_commands_are_make_targets():
 def test_readme_results_quote_the_committed_demo_report():
     import json
 
-    from fair_trl.demo_report import summary_markdown
+    from fair_trl.demo.report import summary_markdown
 
     demo = README.parent / "reports" / "demo"
     results = json.loads((demo / "results.json").read_text())

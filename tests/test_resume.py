@@ -31,8 +31,8 @@ import torch
 from safetensors.torch import load_file
 from transformers.trainer_utils import get_last_checkpoint
 
-from fair_trl.callbacks import Rollout, fairness_metrics
 from fair_trl.models import save_tiny_model
+from fair_trl.rollout_fairness import Rollout, fairness_metrics
 from fair_trl.trainer import ESTIMATOR_STATE_FILE
 
 WORKER = Path(__file__).parent / "scripts" / "resume_worker.py"
@@ -232,7 +232,7 @@ def test_kill_between_transformers_checkpoint_and_estimator_state_does_not_lose_
 def test_fairness_log_does_not_swallow_the_step_log(runs):
     """With logging_steps=1 every step's TRL log (loss, rewards, fair/*) must reach log_history.
 
-    `FairGRPOTrainer.log_fairness` runs in `on_step_end` and calls `Trainer.log`, whose `on_log` resets
+    `FairGRPOTrainer.log_fairness` runs after each optimizer step and calls `Trainer.log`, whose `on_log` resets
     `control.should_log`; unless the trainer keeps the flag, the regular log of every step that is a multiple of
     `fairness_logging_steps` is dropped (with the defaults, logging_steps=10 and fairness_logging_steps=5, all of
     them).

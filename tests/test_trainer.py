@@ -3,61 +3,21 @@
 import json
 import os
 
-import numpy as np
 import pytest
 import torch
-from datasets import Dataset
+from conftest import RecordingTrainer, demo_dataset, length_reward, text_dataset, trainer_config
 from transformers import AutoModelForCausalLM
 from trl import GRPOConfig, GRPOTrainer
 
 from fair_trl import FairGRPOAdvantage, FairGRPOConfig, FairGRPOTrainer
-from fair_trl.demo import demo_dataset
-from fair_trl.models import build_tiny_vlm, save_tiny_model
+from fair_trl.models import build_tiny_vlm
 from fair_trl.trainer import ESTIMATOR_STATE_FILE
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
-def length_reward(completions, **_):
-    # Varies across rollouts even for a random model, so advantages are non-zero and weights move.
-    return [min(len(c if isinstance(c, str) else c[-1]["content"]), 40) / 40 for c in completions]
-
-
-@pytest.fixture(scope="module")
-def text_model_dir(tmp_path_factory):
-    return str(save_tiny_model(tmp_path_factory.mktemp("tiny") / "text", kind="text"))
-
-
-def text_dataset(n=32, seed=0):
-    rng = np.random.default_rng(seed)
-    return Dataset.from_dict(
-        {
-            "prompt": [[{"role": "user", "content": f"Classify case {i} : Normal or Pneumonia ?"}] for i in range(n)],
-            "dataset": [str(rng.choice(["chexpert", "chexpert", "ham10000", "covid_blues"])) for _ in range(n)],
-            "sex": [[None, "F", "M", "unknown", "female"][i % 5] for i in range(n)],
-            "age": [[None, "22", "053Y", "80", "-5", "40"][i % 6] for i in range(n)],
-        }
-    )
-
-
 def config(tmp_path, **overrides):
-    values = dict(
-        output_dir=str(tmp_path / "out"),
-        use_cpu=True,
-        bf16=False,
-        learning_rate=1e-3,
-        per_device_train_batch_size=8,
-        num_generations=4,
-        max_completion_length=6,
-        max_steps=3,
-        logging_steps=1,
-        save_strategy="no",
-        report_to="none",
-        seed=7,
-        activation_checkpointing=False,
-    )
-    values.update(overrides)
-    return values
+    return trainer_config(tmp_path, **overrides)
 
 
 def weights(model):
@@ -83,20 +43,6 @@ def test_grpo_estimator_is_step_for_step_plain_grpo(text_model_dir, tmp_path):
     for key in a:
         assert torch.equal(a[key], b[key]), key
     assert list(plain._logs["advantages"]) == list(fair._logs["advantages"])
-
-
-class RecordingTrainer(FairGRPOTrainer):
-    """Keeps what `_compute_advantages` returned, to compare with what TRL trained on and logged."""
-
-    def _compute_advantages(self, rewards, inputs):
-        advantages = super()._compute_advantages(rewards, inputs)
-        self.recorded = getattr(self, "recorded", []) + [(rewards.clone(), advantages.clone())]
-        return advantages
-
-    def _generate_and_score_completions(self, inputs):
-        output = super()._generate_and_score_completions(inputs)
-        self.trained_on = getattr(self, "trained_on", []) + [output["advantages"].clone()]
-        return output
 
 
 @pytest.mark.parametrize("estimator", ["fair_grpo", "fair_grpo_nd"])

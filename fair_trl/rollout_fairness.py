@@ -1,8 +1,8 @@
-"""Fairness of the training rollouts, logged every `fairness_logging_steps` through `report_to`.
+"""Fairness of the training rollouts: what the trainer logs every `fairness_logging_steps`.
 
 The trainer records one `Rollout` per completion (the extracted answer, the reference, the dataset
-and each attribute's group); every N steps the records since the last log are scored with
-`fair_trl.metrics.compute_fairness`, one attribute at a time, and flattened into scalar keys:
+and each attribute's group); every N steps it scores the records since the last log here, with
+`fair_trl.metrics.compute_fairness`, one attribute at a time, flattened into scalar keys:
 
 * ``fairness/{attribute}/{metric}`` for f1, acc, eod, pp, fpr_diff, delta_f1, sigma_f1
 * ``fairness/{dataset}/{attribute}/{group}/f1``
@@ -11,19 +11,13 @@ and each attribute's group); every N steps the records since the last log are sc
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, NamedTuple
-
-from transformers import TrainerCallback
+from typing import Any, NamedTuple
 
 from fair_trl.metrics import compute_fairness, dataset_classes
 from fair_trl.rewards import matcher_for
 
-if TYPE_CHECKING:
-    from fair_trl.trainer import FairGRPOTrainer
-
 __all__ = [
     "LOGGED_METRICS",
-    "FairnessLoggingCallback",
     "Rollout",
     "fairness_metrics",
     "fairness_results",
@@ -83,15 +77,3 @@ def fairness_metrics(
 ) -> dict[str, float]:
     """Flat scalar metrics for a logger; empty when there is nothing to score."""
     return flatten_results(fairness_results(rollouts, attributes), prefix)
-
-
-class FairnessLoggingCallback(TrainerCallback):
-    """Asks the trainer to log the fairness of its rollouts every `steps` optimizer steps."""
-
-    def __init__(self, trainer: FairGRPOTrainer, steps: int):
-        self.trainer = trainer
-        self.steps = steps
-
-    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        if self.steps > 0 and state.global_step % self.steps == 0:
-            self.trainer.log_fairness()

@@ -1,8 +1,9 @@
 """The baselines the paper compares FairGRPO against (section 4.1, Table 2), as advantage estimators.
 
-Same layout as `fair_trl.advantages`: ``rewards`` is 1-D, each prompt's G completions contiguous, NaN
-for a completion no reward function could score (it gets advantage 0 and is left out of every
-statistic). GRPO itself is `fair_trl.advantages.grpo`; Resampling is a sampler, in `fair_trl.sampling`.
+Same layout as every estimator (`fair_trl.advantages.layout`): ``rewards`` is 1-D, each prompt's G
+completions contiguous, NaN for a completion no reward function could score (it gets advantage 0 and
+is left out of every statistic). GRPO itself is `fair_trl.advantages.grpo`; Resampling is a sampler,
+in `fair_trl.sampling`.
 
 * RLOO (Ahmadian et al., 2024): each completion's baseline is the mean reward of the prompt's *other*
   completions, ``A_i = r_i - mean_{j != i} r_j``; no std scaling.
@@ -18,21 +19,21 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
-from fair_trl.advantages import TRL_STD_EPS, _as_prompt_rows, _per_prompt, grpo, nanstd
+from fair_trl.advantages.grpo import TRL_STD_EPS, grpo
+from fair_trl.advantages.layout import as_prompt_rows, nanstd, per_prompt
+from fair_trl.groups import UNKNOWN
 
-__all__ = ["GroupDROAdvantage", "reinforce_pp", "rloo"]
-
-UNKNOWN_GROUP = "unknown"
+__all__ = ["GroupDROAdvantage", "RLOOAdvantage", "ReinforcePPAdvantage", "reinforce_pp", "rloo"]
 
 
 def rloo(rewards: torch.Tensor, num_generations: int) -> torch.Tensor:
     """Leave-one-out advantages: ``(n r_i - sum_j r_j) / (n - 1)`` over the prompt's n scored completions."""
-    grouped = _as_prompt_rows(rewards, num_generations)
+    grouped = as_prompt_rows(rewards, num_generations)
     valid = ~torch.isnan(grouped)
     n = valid.sum(dim=1, keepdim=True).to(rewards.dtype)
     total = torch.nansum(grouped, dim=1, keepdim=True)
@@ -53,6 +54,33 @@ def reinforce_pp(rewards: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     return torch.nan_to_num(advantages, nan=0.0)
 
 
+class RLOOAdvantage:
+    """`rloo` as an estimator: stateless, needs no groups."""
+
+    needs_groups: ClassVar[bool] = False
+    metric_prefix: ClassVar[str] = "rloo"
+
+    def __init__(self) -> None:
+        self.last_info: dict[str, Any] = {}
+
+    def __call__(self, rewards: torch.Tensor, num_generations: int, domains=None, groups=None) -> torch.Tensor:
+        return rloo(rewards, num_generations)
+
+
+class ReinforcePPAdvantage:
+    """`reinforce_pp` as an estimator: stateless, needs no groups (the batch is its only baseline)."""
+
+    needs_groups: ClassVar[bool] = False
+    metric_prefix: ClassVar[str] = "reinforce_pp"
+
+    def __init__(self) -> None:
+        self.last_info: dict[str, Any] = {}
+
+    def __call__(self, rewards: torch.Tensor, num_generations: int, domains=None, groups=None) -> torch.Tensor:
+        as_prompt_rows(rewards, num_generations)  # the same layout check as every estimator
+        return reinforce_pp(rewards)
+
+
 class GroupDROAdvantage:
     """GRPO advantages reweighted by online Group DRO weights; stateful (the log-weights persist).
 
@@ -60,6 +88,9 @@ class GroupDROAdvantage:
     "unknown" group. A group first seen later starts at log-weight 0, where every group started.
     ``last_info["weight"]`` holds the current weight q of each group in the batch.
     """
+
+    needs_groups: ClassVar[bool] = True
+    metric_prefix: ClassVar[str] = "dro"
 
     def __init__(self, step_size: float = 0.01, scale_rewards: str = "group", eps: float = TRL_STD_EPS):
         if not step_size >= 0:
@@ -78,13 +109,13 @@ class GroupDROAdvantage:
         domains: Sequence[str],
         groups: Sequence[str | None],
     ) -> torch.Tensor:
-        grouped = _as_prompt_rows(rewards, num_generations)
+        grouped = as_prompt_rows(rewards, num_generations)
         num_prompts = grouped.shape[0]
         keys = [
-            f"{domain}/{group if group is not None else UNKNOWN_GROUP}"
+            f"{domain}/{group if group is not None else UNKNOWN}"
             for domain, group in zip(
-                _per_prompt(domains, num_generations, num_prompts, "domains"),
-                _per_prompt(groups, num_generations, num_prompts, "groups"),
+                per_prompt(domains, num_generations, num_prompts, "domains"),
+                per_prompt(groups, num_generations, num_prompts, "groups"),
                 strict=True,
             )
         ]

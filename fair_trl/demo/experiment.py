@@ -32,7 +32,9 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from fair_trl.groups import DEFAULT_AGE_BINS, age_bin
+from fair_trl.advantages import get_spec
+from fair_trl.demo.reward import jaccard_reward, mentioned_labels
+from fair_trl.groups import normalise_attribute
 from fair_trl.labels import canonical_labels
 from fair_trl.metrics import SUMMARY_KEYS, compute_fairness, to_label_set
 
@@ -54,53 +56,50 @@ ORACLE_WEIGHT_COLUMN = "oracle_weight"
 @dataclass(frozen=True)
 class Method:
     label: str
-    estimator: str
+    estimator: str  # a name in fair_trl.advantages.REGISTRY
     role: str  # "main", "control", "variant" or "baseline"
     description: str
     config: dict[str, Any] = field(default_factory=dict)  # FairGRPOConfig fields
 
 
+def _method(estimator: str, role: str, description: str, label: str | None = None, **config: Any) -> Method:
+    """A demo method on a registered estimator, named as the registry names it unless it adds settings."""
+    return Method(label or get_spec(estimator).display_name, estimator, role, description, config)
+
+
 METHODS: dict[str, Method] = {
-    "grpo": Method("GRPO", "grpo", "main", "TRL's group-normalised advantages"),
-    "fair_grpo": Method("FairGRPO", "fair_grpo", "main", "the paper's FairGRPO, with demographics"),
-    "fair_grpo_nd": Method("FairGRPO-ND", "fair_grpo_nd", "main", "FairGRPO with latent groups only"),
-    "oracle_oversampling": Method(
-        "GRPO + oracle oversampling",
+    "grpo": _method("grpo", "main", "TRL's group-normalised advantages"),
+    "fair_grpo": _method("fair_grpo", "main", "the paper's FairGRPO, with demographics"),
+    "fair_grpo_nd": _method("fair_grpo_nd", "main", "FairGRPO with latent groups only"),
+    "oracle_oversampling": _method(
         "grpo",
         "control",
         "positive control: planted-disadvantaged rows drawn as often as all others together",
-        {"sampling_weight_column": ORACLE_WEIGHT_COLUMN},
+        label="GRPO + oracle oversampling",
+        sampling_weight_column=ORACLE_WEIGHT_COLUMN,
     ),
-    "fair_grpo_floor": Method(
-        "FairGRPO, rbar floor 0.3",
-        "fair_grpo",
-        "variant",
-        "mean reward in T floored at 0.3",
-        {"fair_reward_floor": 0.3},
+    "fair_grpo_floor": _method(
+        "fair_grpo", "variant", "mean reward in T floored at 0.3", "FairGRPO, rbar floor 0.3", fair_reward_floor=0.3
     ),
-    "fair_grpo_cap": Method(
-        "FairGRPO, weight ratio <= 4",
+    "fair_grpo_cap": _method(
         "fair_grpo",
         "variant",
         "no prompt weighs more than 4x the lightest in its batch",
-        {"fair_max_weight_ratio": 4.0},
+        "FairGRPO, weight ratio <= 4",
+        fair_max_weight_ratio=4.0,
     ),
-    "fair_grpo_window": Method(
-        "FairGRPO, last-20-step stats",
+    "fair_grpo_window": _method(
         "fair_grpo",
         "variant",
         "N and rbar over the last 20 steps instead of the whole run",
-        {"fair_stats_window": 20},
+        "FairGRPO, last-20-step stats",
+        fair_stats_window=20,
     ),
-    "rloo": Method("RLOO", "rloo", "baseline", "leave-one-out baseline"),
-    "reinforce_pp": Method("REINFORCE++", "reinforce_pp", "baseline", "global batch normalisation"),
-    "group_dro": Method("GRPO + Group DRO", "group_dro", "baseline", "exponentiated-gradient group weights"),
-    "grpo_resampling": Method(
-        "GRPO + Resampling",
-        "grpo",
-        "baseline",
-        "every (domain, group) drawn equally often",
-        {"balanced_sampling": True},
+    "rloo": _method("rloo", "baseline", "leave-one-out baseline"),
+    "reinforce_pp": _method("reinforce_pp", "baseline", "global batch normalisation"),
+    "group_dro": _method("group_dro", "baseline", "exponentiated-gradient group weights"),
+    "grpo_resampling": _method(
+        "grpo", "baseline", "every (domain, group) drawn equally often", "GRPO + Resampling", balanced_sampling=True
     ),
 }
 DEFAULT_METHODS = tuple(name for name, m in METHODS.items() if m.role != "baseline")
@@ -111,21 +110,24 @@ BASELINE_METHODS = tuple(name for name, m in METHODS.items() if m.role == "basel
 class ExperimentSettings:
     """What a demo run trains and how; the benchmark itself is `SyntheticConfig` at its defaults."""
 
-    methods: tuple[str, ...] = DEFAULT_METHODS
-    seeds: int = 4
-    steps: int = 160
-    eval_every: int = 32
-    prompts_per_step: int = 16
-    num_generations: int = 4
-    learning_rate: float = 1e-2
-    max_completion_length: int = 4
-    num_rows: int = 2000
-    data_seed: int = 0
-    n_bootstrap: int = 2000
-    workers: int = 2
+    methods: list[str] = field(
+        default_factory=lambda: list(DEFAULT_METHODS),
+        metadata={"help": f"Methods to run, from {list(METHODS)}; must include grpo."},
+    )
+    seeds: int = field(default=4, metadata={"help": "Seeds per method (each seed: its own data order and init)."})
+    steps: int = field(default=160, metadata={"help": "Training steps per run."})
+    eval_every: int = field(default=32, metadata={"help": "Steps between evaluations of the test split."})
+    prompts_per_step: int = field(default=16, metadata={"help": "Prompts per training step."})
+    num_generations: int = field(default=4, metadata={"help": "Completions per prompt (GRPO's group size)."})
+    learning_rate: float = field(default=1e-2, metadata={"help": "Learning rate of every run."})
+    max_completion_length: int = field(default=4, metadata={"help": "Most tokens per completion."})
+    num_rows: int = field(default=2000, metadata={"help": "Rows of the synthetic benchmark (train and test)."})
+    data_seed: int = field(default=0, metadata={"help": "Seed of the synthetic benchmark's rows."})
+    n_bootstrap: int = field(default=2000, metadata={"help": "Bootstrap resamples for the intervals over seeds."})
+    workers: int = field(default=2, metadata={"help": "Runs in parallel, one CPU thread each."})
 
     def __post_init__(self) -> None:
-        self.methods = tuple(self.methods)
+        self.methods = list(self.methods)
         unknown = [m for m in self.methods if m not in METHODS]
         if unknown:
             raise ValueError(f"unknown method(s) {unknown}; choose from {list(METHODS)}")
@@ -179,12 +181,7 @@ def with_oracle_weights(dataset):
 
 def attribute_group(attribute: str, row: dict[str, Any]) -> str | None:
     """The row's group for one attribute (age bin "a1".."a4" or sex "F"/"M"), None when unknown."""
-    value = row.get(attribute)
-    if value is None:
-        return None
-    if attribute == "age":
-        return age_bin(value, DEFAULT_AGE_BINS)
-    return str(value)
+    return normalise_attribute(attribute, row.get(attribute))
 
 
 class RolloutRewards:
@@ -195,8 +192,6 @@ class RolloutRewards:
         self.__name__ = "accuracy_reward"
 
     def __call__(self, completions, solution, dataset, sex, age, trainer_state, **_) -> list[float]:
-        from fair_trl.demo import jaccard_reward
-
         rewards = []
         for completion, answer, name, s, a in zip(completions, solution, dataset, sex, age, strict=True):
             reward = jaccard_reward(completion, answer, name)
@@ -256,8 +251,6 @@ class TestSetEvaluator:
         return out
 
     def evaluate(self, model) -> dict[str, Any]:
-        from fair_trl.demo import mentioned_labels
-
         answers = self.answers(model)
         predictions = [
             mentioned_labels(a, canonical_labels(r["dataset"]) or ()) for a, r in zip(answers, self.rows, strict=True)

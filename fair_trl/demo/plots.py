@@ -8,8 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from fair_trl.demo_stats import checkpoint_metrics
-from fair_trl.experiment import METHODS
+from fair_trl.demo.experiment import METHODS
+from fair_trl.demo.stats import checkpoint_metrics
 
 __all__ = ["write_plots"]
 

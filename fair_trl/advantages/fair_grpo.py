@@ -1,13 +1,8 @@
-"""Advantage estimators as plain functions and classes.
+"""FairGRPO (paper section 3): eq. 1-2 and the batch renormalisation, with latent groups for prompts
+whose demographics are unknown; ``use_demographics=False`` is FairGRPO-ND.
 
-Nothing here imports the trainer: each estimator maps a flat reward tensor in TRL's layout (each
-prompt's ``G`` completions contiguous, ``P * G`` entries) to one advantage per completion, so it can
-be checked against the FairGRPO paper (section 3) equation by equation and tested without a model.
-
-- :func:`grpo`: TRL's own group normalisation, reproduced op for op so that a run with it is
-  step-for-step identical to plain ``GRPOTrainer``.
-- :class:`FairGRPOAdvantage`: FairGRPO (eq. 1-2 and the batch renormalisation), with latent group
-  discovery for prompts whose demographics are unknown; ``use_demographics=False`` is FairGRPO-ND.
+Plain numpy on the CPU: the estimator sees one float per completion, so it costs next to nothing
+beside a training step. Nothing here imports the trainer.
 """
 
 from __future__ import annotations
@@ -17,60 +12,16 @@ import zlib
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
-__all__ = ["FairGRPOAdvantage", "GroupStats", "grpo", "kmeans_elbow", "nanstd"]
+from fair_trl.advantages.clustering import kmeans_elbow, rollout_features
+from fair_trl.advantages.layout import as_prompt_rows, per_prompt
+from fair_trl.groups import UNKNOWN
 
-# TRL adds this to the group std before dividing (grpo_trainer.py, sum_then_normalize).
-TRL_STD_EPS = 1e-4
-
-
-def nanstd(x: torch.Tensor, dim: int | None = None) -> torch.Tensor:
-    """Unbiased std ignoring NaNs, with the same ops (and rounding) as ``trl.trainer.utils.nanstd``."""
-    mean = torch.nanmean(x, dim=dim, keepdim=True)
-    variance = torch.nanmean((x - mean) ** 2, dim=dim, keepdim=True)
-    count = torch.sum(~torch.isnan(x), dim=dim, keepdim=True)
-    correction = torch.where(count > 1, count / (count - 1), torch.full_like(variance, float("nan")))
-    std = torch.sqrt(variance * correction)
-    return std if dim is not None else std.reshape(())
-
-
-def grpo(
-    rewards: torch.Tensor, num_generations: int, scale_rewards: str = "group", eps: float = TRL_STD_EPS
-) -> torch.Tensor:
-    """GRPO advantages exactly as TRL 1.16 computes them (its ``"sum_then_normalize"`` aggregation).
-
-    ``A = (r - mean_prompt) / (std + eps)`` with the std taken per prompt (``"group"``), over the whole
-    batch (``"batch"``) or not at all (``"none"``). NaN rewards (completions no reward function could
-    score) are left out of the means and stds and get advantage 0.
-    """
-    if scale_rewards not in ("group", "batch", "none"):
-        raise ValueError(f"scale_rewards must be 'group', 'batch' or 'none', got {scale_rewards!r}")
-    grouped = _as_prompt_rows(rewards, num_generations)
-    mean = torch.nanmean(grouped, dim=1).repeat_interleave(num_generations, dim=0)
-    advantages = rewards - mean
-    if scale_rewards == "group":
-        std = (
-            nanstd(grouped, dim=1).squeeze(1).repeat_interleave(num_generations, dim=0)
-            if num_generations > 1
-            else torch.zeros_like(rewards)
-        )
-        advantages = advantages / (std + eps)
-    elif scale_rewards == "batch":
-        std = nanstd(rewards).expand_as(rewards) if rewards.numel() > 1 else torch.zeros_like(rewards)
-        advantages = advantages / (std + eps)
-    return torch.nan_to_num(advantages, nan=0.0)
-
-
-def _as_prompt_rows(rewards: torch.Tensor, num_generations: int) -> torch.Tensor:
-    if rewards.dim() != 1:
-        raise ValueError(f"rewards must be 1-D (P * G completions), got shape {tuple(rewards.shape)}")
-    if num_generations < 1 or rewards.numel() % num_generations:
-        raise ValueError(f"rewards has {rewards.numel()} entries, not a multiple of num_generations={num_generations}")
-    return rewards.view(-1, num_generations)
+__all__ = ["FairGRPOAdvantage", "GroupStats", "temperature"]
 
 
 @dataclass
@@ -107,116 +58,6 @@ def temperature(num_prompts: float, mean_reward: float, reward_floor: float = 0.
     return math.sqrt(num_prompts) * max(mean_reward, reward_floor, 0.0)
 
 
-# ---------------------------------------------------------------------------------------------
-# Latent group discovery
-# ---------------------------------------------------------------------------------------------
-
-
-def _weighted_kmeans(
-    points: np.ndarray, weights: np.ndarray, k: int, rng: np.random.Generator, max_iter: int = 100
-) -> tuple[np.ndarray, np.ndarray, float]:
-    """Lloyd's k-means with k-means++ seeding on weighted points; returns (centres, labels, inertia).
-
-    Weights let the caller cluster the distinct feature vectors once each: with 0/1 rewards a pool of
-    thousands of prompts has at most G + 1 distinct vectors, so this is exact and much cheaper.
-    """
-    n = len(points)
-    probs = weights / weights.sum()
-    centres = [points[rng.choice(n, p=probs)]]
-    for _ in range(1, k):
-        d2 = np.min(((points[:, None, :] - np.asarray(centres)[None]) ** 2).sum(-1), axis=1)
-        mass = weights * d2
-        if mass.sum() <= 0:
-            break
-        centres.append(points[rng.choice(n, p=mass / mass.sum())])
-    centres_arr = np.asarray(centres, dtype=np.float64)
-    labels = np.full(n, -1)
-    for _ in range(max_iter):
-        d2 = ((points[:, None, :] - centres_arr[None]) ** 2).sum(-1)
-        new_labels = d2.argmin(axis=1)
-        if np.array_equal(new_labels, labels):
-            break
-        labels = new_labels
-        mass = np.bincount(labels, weights=weights, minlength=len(centres_arr))
-        sums = np.zeros_like(centres_arr)
-        np.add.at(sums, labels, points * weights[:, None])
-        filled = mass > 0  # an emptied cluster keeps its old centre
-        centres_arr[filled] = sums[filled] / mass[filled, None]
-    d2 = ((points[:, None, :] - centres_arr[None]) ** 2).sum(-1)
-    labels = d2.argmin(axis=1)
-    inertia = float((weights * d2[np.arange(n), labels]).sum())
-    return centres_arr, labels, inertia
-
-
-def kmeans_elbow(
-    features: np.ndarray,
-    max_k: int = 3,
-    threshold: float = 0.1,
-    seed: int = 0,
-    n_init: int = 3,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Cluster feature rows with k-means, k picked by the elbow rule; returns (centres, labels per row).
-
-    Elbow rule: fit k = 1, 2, ... and keep adding a cluster while it removes at least ``threshold``
-    times the inertia the previous step removed, counting the single cluster's inertia (the pool's
-    total scatter) as the first step. A pool with no spread therefore stays one cluster, and k never
-    exceeds the number of distinct rows or ``max_k``.
-    """
-    unique, inverse, counts = _unique_rows(features)
-    weights = counts.astype(np.float64)
-    rng = np.random.default_rng(seed)
-    k_limit = min(max_k, len(unique))
-
-    def best_fit(k: int) -> tuple[np.ndarray, np.ndarray, float]:
-        fits = [_weighted_kmeans(unique, weights, k, rng) for _ in range(n_init if k > 1 else 1)]
-        return min(fits, key=lambda fit: fit[2])
-
-    chosen = best_fit(1)
-    previous_drop = chosen[2]
-    for k in range(2, k_limit + 1):
-        if previous_drop <= 0:
-            break
-        candidate = best_fit(k)
-        drop = chosen[2] - candidate[2]
-        if drop < threshold * previous_drop:
-            break
-        chosen, previous_drop = candidate, drop
-    centres, unique_labels, _ = chosen
-    return centres, unique_labels[inverse]
-
-
-def _unique_rows(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(distinct rows, row -> distinct index, counts); a byte view sorts 10x faster than axis=0."""
-    x = np.ascontiguousarray(x, dtype=np.float64) + 0.0  # + 0.0 folds -0.0 into 0.0
-    rows = x.view(np.dtype((np.void, x.itemsize * x.shape[1]))).ravel()
-    _, first, inverse, counts = np.unique(rows, return_index=True, return_inverse=True, return_counts=True)
-    return x[first], inverse.reshape(-1), counts
-
-
-def rollout_features(rewards: np.ndarray, dim: int) -> np.ndarray:
-    """One order-free feature vector per prompt: its rollout rewards sorted, at ``dim`` quantile levels.
-
-    Rollouts are exchangeable samples, so their order means nothing; sorting makes the vector a
-    function of the multiset of rewards alone (the prompt's empirical quantile function). With every
-    rollout scored and ``dim == G`` the vector is exactly the sorted rewards; NaN rollouts are left
-    out and the quantiles interpolated from the rest, which also maps any G onto a fixed ``dim``.
-    """
-    levels = np.linspace(0.0, 1.0, dim)
-    valid = ~np.isnan(rewards)
-    if rewards.shape[1] == dim and valid.all():
-        return np.sort(rewards, axis=1)
-    out = np.empty((len(rewards), dim))
-    for i, row in enumerate(rewards):
-        scored = row[valid[i]]
-        out[i] = np.quantile(scored, levels) if scored.size else 0.0
-    return out
-
-
-# ---------------------------------------------------------------------------------------------
-# FairGRPO
-# ---------------------------------------------------------------------------------------------
-
-
 class FairGRPOAdvantage:
     """FairGRPO advantages (paper section 3), stateful across calls.
 
@@ -244,6 +85,9 @@ class FairGRPOAdvantage:
     - ``stats_window``: N and rbar count only the prompts of the last ``stats_window`` calls (steps)
       instead of the whole run, so the temperatures follow the model's current performance.
     """
+
+    needs_groups: ClassVar[bool] = True
+    metric_prefix: ClassVar[str] = "fair"
 
     def __init__(
         self,
@@ -303,13 +147,13 @@ class FairGRPOAdvantage:
         domains: Sequence[str],
         groups: Sequence[str | None],
     ) -> torch.Tensor:
-        grouped = _as_prompt_rows(rewards, num_generations)
+        grouped = as_prompt_rows(rewards, num_generations)
         r = grouped.detach().to("cpu", torch.float64).numpy().copy()
         # An infinite reward cannot be normalised or summed into the running statistics: it is
         # unscorable, like NaN (the trainer counts and reports such rewards before they get here).
         r[np.isinf(r)] = np.nan
-        prompt_domains = _per_prompt(domains, num_generations, len(r), "domains")
-        prompt_groups = _per_prompt(groups, num_generations, len(r), "groups")
+        prompt_domains = per_prompt(domains, num_generations, len(r), "domains")
+        prompt_groups = per_prompt(groups, num_generations, len(r), "groups")
         if not self.use_demographics:
             prompt_groups = [None] * len(r)
         if self.feature_dim is None:
@@ -457,7 +301,7 @@ class FairGRPOAdvantage:
             per_domain.setdefault(domains[q], []).append(float(weight[q]))
         # Per group only prompts whose rewards differ: the weight of an all-equal prompt multiplies zeros.
         for q in np.flatnonzero(signal):
-            per_group.setdefault(groups[q] or "unknown", []).append(float(weight[q]))
+            per_group.setdefault(groups[q] or UNKNOWN, []).append(float(weight[q]))
         self.last_info = {
             "weight": {d: float(np.mean(w)) for d, w in per_domain.items()},
             "group_weight": {g: float(np.mean(w)) for g, w in per_group.items()},
@@ -496,28 +340,6 @@ class FairGRPOAdvantage:
             [(str(d), g, float(total), int(count)) for d, g, total, count in added]
             for added in state.get("history", [])
         )
-
-
-def _per_prompt(values: Sequence[Any], num_generations: int, num_prompts: int, name: str) -> list[Any]:
-    """One value per prompt from a per-completion sequence, insisting all G copies agree."""
-    values = list(values)
-    if len(values) != num_prompts * num_generations:
-        raise ValueError(
-            f"{name} has {len(values)} entries but rewards has {num_prompts * num_generations} "
-            f"({num_prompts} prompts x {num_generations} generations)"
-        )
-    per_prompt = values[::num_generations]
-    if all(values[j::num_generations] == per_prompt for j in range(1, num_generations)):
-        return per_prompt
-    for q, value in enumerate(per_prompt):
-        block = values[q * num_generations : (q + 1) * num_generations]
-        if any(v != value for v in block):
-            raise ValueError(
-                f"{name} differ within prompt {q} (completions {q * num_generations}-"
-                f"{(q + 1) * num_generations - 1}): {sorted(set(map(str, block)))}; each prompt's "
-                "completions must share one value"
-            )
-    return per_prompt
 
 
 def _rng_seed(seed: int, step: int, domain: str) -> list[int]:

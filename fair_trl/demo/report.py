@@ -1,6 +1,6 @@
 """reports/demo/: results.json, report.md and the plots, from the demo's runs.
 
-`write_report` can be called again on a saved ``runs.json`` (``fair_trl.demo_report.rebuild``), so the
+`write_report` can be called again on a saved ``runs.json`` (``fair_trl.demo.report.rebuild``), so the
 write-up can change without training again.
 """
 
@@ -13,14 +13,14 @@ from typing import Any
 
 import numpy as np
 
-from fair_trl.demo_stats import (
+from fair_trl.demo.experiment import ATTRIBUTES, METHODS, ExperimentSettings
+from fair_trl.demo.stats import (
     HEADLINE_METRICS,
     excludes_zero,
     final_metrics,
     paired_difference,
     seed_summary,
 )
-from fair_trl.experiment import ATTRIBUTES, METHODS, ExperimentSettings
 
 __all__ = ["AIM", "analyse", "rebuild", "summary_markdown", "write_report"]
 
@@ -304,7 +304,7 @@ def summary_markdown(results: dict[str, Any]) -> str:
 def write_report(
     runs: list[dict[str, Any]], settings: ExperimentSettings, output_dir: str | Path, train_seconds: float | None = None
 ) -> dict[str, Any]:
-    from fair_trl.demo_plots import write_plots
+    from fair_trl.demo.plots import write_plots
 
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-from fair_trl.experiment import ATTRIBUTES
+from fair_trl.demo.experiment import ATTRIBUTES
 
 __all__ = [
     "HEADLINE_METRICS",

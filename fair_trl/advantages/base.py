@@ -1,0 +1,78 @@
+"""What an advantage estimator is: the call every estimator answers, and the registry entry that names it."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar, Protocol, runtime_checkable
+
+import torch
+
+__all__ = ["AdvantageEstimator", "EstimatorSpec", "Stateful"]
+
+
+@runtime_checkable
+class AdvantageEstimator(Protocol):
+    """``est(rewards, num_generations, domains, groups) -> advantages``, one per completion.
+
+    `rewards` is 1-D in TRL's layout (`fair_trl.advantages.layout`), NaN where no reward function could
+    score a completion. `domains` and `groups` are per completion; the trainer gathers them only for an
+    estimator with ``needs_groups`` (others get None). ``last_info`` holds what the last call wants logged:
+    ``last_info["weight"]`` ({key: weight}) is logged as ``{metric_prefix}/weight/{key}``.
+    """
+
+    needs_groups: ClassVar[bool]
+    metric_prefix: ClassVar[str]
+    last_info: dict[str, Any]
+
+    def __call__(
+        self,
+        rewards: torch.Tensor,
+        num_generations: int,
+        domains: Sequence[str] | None,
+        groups: Sequence[str | None] | None,
+    ) -> torch.Tensor: ...
+
+
+@runtime_checkable
+class Stateful(Protocol):
+    """An estimator with running statistics; the trainer checkpoints them as JSON."""
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+@dataclass(frozen=True)
+class EstimatorSpec:
+    """One registry entry: everything the config, the trainer, the model card and the demo need to know.
+
+    `factory` builds the estimator from a `FairGRPOConfig`; `config_fields` are the config fields that
+    only this estimator reads (the model card shows them for it alone), and `variant_fields` those of them
+    that switch on a documented departure from the paper (their defaults are the paper's method).
+    `keeps_trl_advantages`: the estimator reproduces TRL's own advantages, so the trainer may leave
+    TRL's output alone (it then works with any ``multi_objective_aggregation``).
+    """
+
+    name: str
+    display_name: str
+    description: str
+    factory: Callable[[Any], AdvantageEstimator]
+    config_fields: tuple[str, ...] = ()
+    variant_fields: tuple[str, ...] = ()
+    keeps_trl_advantages: bool = False
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.variant_fields) - set(self.config_fields))
+        if unknown:
+            raise ValueError(f"estimator {self.name!r}: variant_fields {unknown} are not among its config_fields")
+
+    def active_variants(self, config: Any) -> dict[str, Any]:
+        """The variant fields `config` sets away from their defaults (the paper's method)."""
+        defaults = {f.name: f.default for f in dataclasses.fields(config)}
+        return {
+            name: getattr(config, name)
+            for name in self.variant_fields
+            if getattr(config, name, defaults.get(name)) != defaults.get(name)
+        }
