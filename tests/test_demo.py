@@ -100,10 +100,11 @@ def test_workers_one_and_two_give_identical_results(two_workers):
 
 def test_trial_runs_grpo_and_the_control_only_and_logs_every_call(two_workers, capsys):
     tmp, _, results = two_workers
-    _, trial = demo(tmp, "trial", "--trial", "-b", "cue_strength=0.08")  # same warm starts: read from the cache
+    # The same benchmark spelt out: warm starts and runs are the full run's, read from the cache.
+    _, trial = demo(tmp, "trial", "--trial", "-b", "cue_strength=0.08")
     assert set(trial["methods"]) == {"grpo", "oracle_oversampling"}
     assert trial["context"]["warm_starts"][0]["cached"] is True
-    # Same seeds, same warm starts, same settings: the trial's GRPO and control are the full run's.
+    assert trial["context"]["timing"]["runs_cached"] == 4 and trial["context"]["timing"]["runs_trained"] == 0
     for method in ("grpo", "oracle_oversampling"):
         assert trial["methods"][method]["delta_f1"] == results["methods"][method]["delta_f1"]
     logged = read_trials(tmp / "trials.jsonl")
@@ -176,7 +177,12 @@ def test_warm_start_is_cached_by_everything_it_depends_on(tmp_path):
     for changed in ({"sft_steps": 3}, {"benchmark": ["cue_strength=0.1"]}, {"pretrain_disadvantaged_keep": 0.5}):
         other = ExperimentSettings(**{**settings.to_dict(), **changed})
         assert other.warm_start_key() != settings.warm_start_key(), changed
-    assert ExperimentSettings(**{**settings.to_dict(), "steps": 7}).warm_start_key() == settings.warm_start_key()
+    longer = ExperimentSettings(**{**settings.to_dict(), "steps": 7})
+    assert longer.warm_start_key() == settings.warm_start_key()
+    # A finished RL run is kept per method and seed, keyed by the RL settings too.
+    assert longer.run_path(tmp_path, "grpo", 0) != settings.run_path(tmp_path, "grpo", 0)
+    assert settings.run_path(tmp_path, "grpo", 0) != settings.run_path(tmp_path, "oracle_oversampling", 0)
+    assert settings.run_path(tmp_path, "grpo", 0).parent.parent == tmp_path / settings.warm_start_key()
 
 
 def test_methods_come_from_the_registry():
@@ -282,3 +288,29 @@ def test_benchmark_overrides_reach_the_data():
     settings = ExperimentSettings(benchmark=["profile=noisy_shift", "disadvantaged=[age=a4]"])
     assert settings.config().profile == "noisy_shift" and settings.config().disadvantaged == ("age=a4",)
     assert settings.config().num_rows == settings.pretrain_rows + settings.rl_rows + settings.eval_rows
+
+
+def test_no_demo_module_imports_one_that_imports_it_back():
+    import ast
+
+    package = Path(__file__).resolve().parents[1] / "fair_trl" / "demo"
+    graph = {}
+    for path in package.glob("*.py"):
+        # Imports inside functions count too: a lazy import still ties the modules together.
+        graph[path.stem] = {
+            node.module.rsplit(".", 1)[1]
+            for node in ast.walk(ast.parse(path.read_text()))
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("fair_trl.demo.")
+        }
+
+    def reachable(start):
+        seen, todo = set(), list(graph[start])
+        while todo:
+            name = todo.pop()
+            if name not in seen:
+                seen.add(name)
+                todo += graph.get(name, ())
+        return seen
+
+    assert {"benchmark", "warmstart", "evaluation", "experiment", "report", "plots", "run"} <= set(graph)
+    assert [name for name in graph if name in reachable(name)] == []

@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import json
 import os
 import tempfile
 import time
@@ -206,6 +207,16 @@ class ExperimentSettings:
             }
         )
 
+    def run_path(self, cache_dir: str | Path, method: str, seed: int) -> Path:
+        """Where a finished RL run is kept: next to its warm start, keyed by everything else it depends on."""
+        from fair_trl.demo.warmstart import cache_key
+
+        spec = METHODS[method]
+        rl = ("steps", "eval_every", "prompts_per_step", "num_generations", "learning_rate", "temperature",
+              "max_completion_length")  # fmt: skip
+        key = cache_key({"rl": {k: getattr(self, k) for k in rl}, "estimator": spec.estimator, "config": spec.config})
+        return Path(cache_dir) / self.warm_start_key() / "runs" / f"{method}-{key}-seed{seed}.json"
+
 
 # ---------------------------------------------------------------------------------------------
 # One warm start, one RL run
@@ -215,8 +226,6 @@ class ExperimentSettings:
 @functools.lru_cache(maxsize=2)
 def _evaluator(settings_json: str):
     """The held-out evaluator, built once per process (its processed inputs are reused by every run)."""
-    import json
-
     from fair_trl.demo.evaluation import Evaluator
     from fair_trl.models import build_tiny_vlm
 
@@ -230,8 +239,6 @@ def _evaluator(settings_json: str):
 
 
 def _evaluator_for(settings: ExperimentSettings):
-    import json
-
     # Only what the evaluation depends on, so every method and seed shares one evaluator.
     keep = ("pretrain_rows", "rl_rows", "eval_rows", "pretrain_disadvantaged_keep", "benchmark", "data_seed",
             "max_completion_length")  # fmt: skip
@@ -361,12 +368,20 @@ def _rl_job(method: str, seed: int, settings: ExperimentSettings, warm: dict[str
     return run_one(method, seed, settings, warm, on_step=lambda: queue.put(1))
 
 
+def _save_run(path: Path, run: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = path.with_suffix(".tmp")
+    staging.write_text(json.dumps(run))
+    staging.replace(path)  # atomic: a killed demo never leaves half a run behind
+
+
 def run_experiment(
     settings: ExperimentSettings, cache_dir: str | Path, progress: bool = True
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(warm starts by seed, every (method, seed) run in a fixed order), whatever order workers finish in.
 
     A seed's RL runs are queued as soon as its warm start is ready, so workers never wait for all of them.
+    A run already finished with the same settings and code is read from `cache_dir` (``"cached": True``).
     """
     import multiprocessing
     import queue as queue_module
@@ -397,9 +412,16 @@ def run_experiment(
                     warm[key] = result
                     bar.set_postfix_str(f"warm start {key} {'cached' if result['cached'] else 'trained'}")
                     for method in settings.methods:
-                        pending[pool.submit(_rl_job, method, key, settings, result, steps)] = ("rl", (method, key))
+                        saved = settings.run_path(cache_dir, method, key)
+                        if saved.is_file():
+                            results[(method, key)] = {**json.loads(saved.read_text()), "cached": True}
+                            bar.update(settings.steps)
+                        else:
+                            job = pool.submit(_rl_job, method, key, settings, result, steps)
+                            pending[job] = ("rl", (method, key))
                 else:
                     results[key] = result
+                    _save_run(settings.run_path(cache_dir, *key), result)
                     bar.set_postfix_str(f"done {key[0]} seed {key[1]}")
         while not steps.empty():
             bar.update(steps.get())

@@ -362,7 +362,8 @@ def markdown(results: dict[str, Any]) -> str:
 def _timing_text(timing: dict[str, Any]) -> str:
     return (
         f"Time: {timing['wall_seconds'] / 60:.1f} min wall clock on {timing['cpus']} CPU(s) with {timing['workers']} "
-        f"worker(s), warm starts included ({timing['warm_started']} trained, {timing['warm_cached']} from the cache); "
+        f"worker(s), warm starts included ({timing['warm_started']} trained, {timing['warm_cached']} from the cache; "
+        f"RL runs {timing.get('runs_trained', '?')} trained, {timing.get('runs_cached', 0)} from the cache); "
         f"{timing['cpu_seconds'] / 60:.1f} CPU-minutes over all runs, so about "
         f"{timing['cpu_seconds'] / timing['workers'] / 60:.1f} min on {timing['workers']} free cores. Load average "
         f"during the run: {timing['load_average']:.1f}."

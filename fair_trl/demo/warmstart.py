@@ -8,7 +8,9 @@ behind on them.
 
 One warm start per seed, shared by every method of that seed. It is saved under
 ``<cache_dir>/<key>/seed<N>/`` with the model, the processor, and its greedy evaluation (the report's
-step 0), and reused while everything it depends on (`cache_key`) is unchanged.
+step 0), and reused while everything it depends on (`cache_key`: settings, code, library versions) is
+unchanged. Finished RL runs are kept next to it (`fair_trl.demo.experiment`), so a demo that was
+interrupted resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["CACHE_VERSION", "add_completions", "cache_key", "load_warm_start", "warm_start"]
+__all__ = ["CACHE_VERSION", "add_completions", "cache_key", "code_hash", "load_warm_start", "warm_start"]
 
 # Bump when the warm start's code changes what it produces, so stale caches are not reused.
 CACHE_VERSION = 1
@@ -37,14 +39,30 @@ def add_completions(dataset):
     )
 
 
+# Modules that only write up results: editing them must not throw away cached training.
+_WRITE_UP = {"cli.py", "demo/instrument.py", "demo/plots.py", "demo/report.py", "demo/run.py", "demo/stats.py"}
+
+
+def code_hash() -> str:
+    """A hash of the fair_trl sources that training and evaluation run (everything but the write-up)."""
+    root = Path(__file__).resolve().parents[1]
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        name = path.relative_to(root).as_posix()
+        if name not in _WRITE_UP:
+            digest.update(name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
 def cache_key(parts: dict[str, Any]) -> str:
-    """A short hash of everything the warm start depends on, library versions included."""
+    """A short hash of everything a cached result depends on: `parts`, the code and the library versions."""
     import torch
     import transformers
     import trl
 
     record = {
         "version": CACHE_VERSION,
+        "code": code_hash(),
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "trl": trl.__version__,
