@@ -24,6 +24,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import GRPOTrainer
 
 from fair_trl.advantages import FairGRPOAdvantage, Stateful, get_spec
+from fair_trl.checkpoints import load_converted_weights
 from fair_trl.config import FairGRPOConfig
 from fair_trl.groups import GroupKeyer, domain_key
 from fair_trl.model_card import (
@@ -36,6 +37,7 @@ from fair_trl.model_card import (
 from fair_trl.rewards import completion_text, extract_answer
 from fair_trl.rollout_fairness import Rollout, fairness_results, flatten_results
 from fair_trl.sampling import BalancedRepeatSampler, balanced_weights, column_weights
+from fair_trl.vllm_compat import adapt_vllm_generation, to_vllm_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +69,8 @@ class FairGRPOTrainer(GRPOTrainer):
             _check_columns(bound.arguments.get("train_dataset"), config)
 
         super().__init__(*bound.args[1:], **bound.kwargs)
+        if getattr(self, "vllm_generation", None) is not None:
+            adapt_vllm_generation(self.vllm_generation, self._model_type())
 
         self.group_keyer = GroupKeyer.from_config(config)
         self._last_rewards_per_func: torch.Tensor | None = None
@@ -334,6 +338,18 @@ class FairGRPOTrainer(GRPOTrainer):
 
     # -- checkpoints ----------------------------------------------------------------------------
 
+    def _model_type(self) -> str | None:
+        return getattr(getattr(self.accelerator.unwrap_model(self.model), "config", None), "model_type", None)
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        super().save_model(output_dir, _internal_call)
+        # Weights under the names vLLM's loaders read (transformers reads both), so the saved or pushed
+        # model can be served with vLLM. Checkpoints keep transformers' names: resuming reads them raw.
+        if self.args.should_save and not self._saving_checkpoint:
+            to_vllm_checkpoint(output_dir or self.args.output_dir, self._model_type())
+
+    _saving_checkpoint = False
+
     def _save_checkpoint(self, model, trial):
         # Written before transformers writes trainer_state.json and rotates old checkpoints: a checkpoint
         # that looks complete to `get_last_checkpoint` then always holds the estimator's state too.
@@ -345,7 +361,18 @@ class FairGRPOTrainer(GRPOTrainer):
             if isinstance(self.estimator, Stateful):
                 _write_json_atomically(os.path.join(folder, ESTIMATOR_STATE_FILE), self.estimator.state_dict())
             _write_json_atomically(os.path.join(folder, GROUP_KEYER_STATE_FILE), self.group_keyer.state_dict())
-        super()._save_checkpoint(model, trial)
+        self._saving_checkpoint = True
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self._saving_checkpoint = False
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+        if not (self.is_fsdp_enabled or self.is_deepspeed_enabled):
+            target = self.accelerator.unwrap_model(model if model is not None else self.model)
+            if load_converted_weights(target, resume_from_checkpoint):
+                logger.info("Loaded %s with from_pretrained: its names differ from the model's", resume_from_checkpoint)
 
     def _load_optimizer_and_scheduler(self, checkpoint):
         super()._load_optimizer_and_scheduler(checkpoint)

@@ -92,7 +92,7 @@ def main() -> None:
         save_strategy="no",
         report_to="none",
         seed=SEED,
-        activation_checkpointing=False,
+        gradient_checkpointing=False,
         advantage_estimator="fair_grpo",
         fairness_logging_steps=0,
     )
