@@ -214,3 +214,15 @@ def test_recipe_ranks_agree_on_the_advantages(recipe_ranks):
         assert a["advantages"] == b["advantages"]
     assert any(x != 0 for r in first["records"] for x in r["advantages"])
     assert first["estimator_state"] == second["estimator_state"]
+
+
+# -- resume inside a later epoch ------------------------------------------------------------------------------------
+
+
+def test_two_process_resume_inside_the_second_epoch_is_exact(ranks):
+    """accelerate's batch-skipping wrapper for a multi-process resume does not pass the epoch to the sampler."""
+    for result in (r["epoch_resume"] for r in ranks):
+        full, resumed = result["full"], result["resumed"]
+        assert [r["step"] for r in full] == [0, 1, 2, 3, 4] and [r["step"] for r in resumed] == [4]
+        assert resumed[0] == full[4]
+        assert full[4]["local_prompts"] != full[1]["local_prompts"]  # epoch 2's order is its own

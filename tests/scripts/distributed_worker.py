@@ -15,6 +15,8 @@ OUT/rank{N}.json with what each recorded. Not collected by pytest (no test_ pref
 * ``private_checkpoint``: 2 steps, a checkpoint at step 2, then a resume for a third step in which rank 1
   resumes from its own copy of the checkpoint without the estimator or keyer state (a node with no
   shared filesystem); the states each rank holds after loading and the step-3 advantages.
+* ``epoch_resume``: 6 rows, 2 prompts a step (3 steps an epoch), 5 steps with a checkpoint at step 4 (inside
+  the second epoch), then a resume from it: what both runs' estimators saw at step 5.
 """
 
 from __future__ import annotations
@@ -241,11 +243,30 @@ def private_checkpoint(model_dir: str, out: str) -> dict:
     }
 
 
+def epoch_resume(model_dir: str, out: str) -> dict:
+    run = os.path.join(out, "epoch_resume")
+    data = dataset(6)
+    settings = dict(per_device_train_batch_size=4, max_steps=5)
+    full = RecordingTrainer(
+        model=model_dir,
+        reward_funcs=length_reward,
+        args=config(run, save_strategy="steps", save_steps=4, **settings),
+        train_dataset=data,
+    )
+    full.train()
+    resumed = RecordingTrainer(
+        model=model_dir, reward_funcs=length_reward, args=config(run + "_resumed", **settings), train_dataset=data
+    )
+    resumed.train(resume_from_checkpoint=os.path.join(run, "checkpoint-4"))
+    return {"full": full.records, "resumed": resumed.records}
+
+
 SCENARIOS = {
     "buffered": buffered,
     "empty_rank": empty_rank,
     "eval_padding": eval_padding,
     "private_checkpoint": private_checkpoint,
+    "epoch_resume": epoch_resume,
 }
 
 
