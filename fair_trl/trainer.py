@@ -81,6 +81,7 @@ class FairGRPOTrainer(GRPOTrainer):
         # The checkpointed states as they were when the current generation batch began, kept only when a
         # checkpoint can fall inside a generation batch (see _save_checkpoint).
         self._generation_start: dict[str, Any] | None = None
+        # The train dataloader's sampler, whose epoch _run_epoch sets.
         self._train_sampler: Any = None
         # Evaluation rollouts gathered so far in this evaluation and how many the eval sampler really holds.
         self._eval_position = 0

@@ -1,7 +1,8 @@
 """Two CPU processes (torchrun, gloo): what every rank computes, logs, evaluates and resumes is the one global result.
 
-One launch of tests/scripts/distributed_worker.py runs its four scenarios (see its docstring) in the same two
-processes; each test below reads what the ranks recorded. The estimator replay runs in this process.
+One launch of tests/scripts/distributed_worker.py runs its scenarios (see its docstring) in the same two
+processes; each test below reads what the ranks recorded. The estimator replay runs in this process. The last
+tests launch the recipe itself with `accelerate launch` and the FSDP config on two CPU processes.
 """
 
 import json
