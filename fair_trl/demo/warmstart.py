@@ -103,7 +103,7 @@ def warm_start(
             output_dir=scratch,
             use_cpu=True,
             bf16=False,
-            activation_checkpointing=False,
+            gradient_checkpointing=False,
             per_device_train_batch_size=batch_size,
             learning_rate=learning_rate,
             # Constant after a short warm-up: the tiny model learns to read the grid in a sudden jump
