@@ -10,7 +10,7 @@ from PIL import Image
 
 from fair_trl.cli import DemoOptions, main
 from fair_trl.demo.benchmark import planted_flags, with_oracle_weights
-from fair_trl.demo.experiment import METHODS, ExperimentSettings, run_warm_start
+from fair_trl.demo.experiment import DEMO_BENCHMARK, METHODS, ExperimentSettings, run_warm_start
 from fair_trl.demo.instrument import TRIAL_FIELDS, read_trials
 from fair_trl.demo.plots import PLOTS, pareto_front
 from fair_trl.demo.report import analyse, rebuild
@@ -109,7 +109,7 @@ def test_trial_runs_grpo_and_the_control_only_and_logs_every_call(two_workers, c
         assert trial["methods"][method]["delta_f1"] == results["methods"][method]["delta_f1"]
     logged = read_trials(tmp / "trials.jsonl")
     assert len(logged) == 1 and set(logged[0]["settings"]) == set(TRIAL_FIELDS)
-    assert logged[0]["settings"]["benchmark"] == ["cue_strength=0.08"]
+    assert logged[0]["settings"]["benchmark"] == [*DEMO_BENCHMARK, "cue_strength=0.08"]  # -b adds to the demo's
     assert logged[0]["valid"] == trial["gate"]["valid"]
     assert logged[0]["control_vs_grpo_delta_f1"]["mean"] == pytest.approx(
         trial["methods"]["oracle_oversampling"]["vs_grpo"]["delta_f1"]["mean"]
@@ -151,8 +151,10 @@ def test_demo_data_parts(data):
     patients = {name: set(part["patient_id"]) for name, part in parts.items()}
     assert not patients["pretrain"] & patients["rl"] and not patients["eval"] & (patients["pretrain"] | patients["rl"])
     share = {name: np.mean(planted_flags(part, config)) for name, part in parts.items()}
-    # The pre-training part under-represents the planted groups; RL sees the natural mix.
-    assert share["pretrain"] < 0.5 * share["rl"] and share["rl"] > 0.15
+    # The pre-training part under-represents the planted groups (it keeps half of them, and RL's share
+    # counts hidden demographics as not planted); RL sees the natural mix.
+    assert ExperimentSettings().pretrain_disadvantaged_keep == 0.5
+    assert share["pretrain"] < 0.75 * share["rl"] and share["rl"] > 0.15
     assert all(age is not None for age in data.pretrain["age"])
     assert any(age is None for age in data.rl["age"])
     # The held-out part is large enough to see every planted age group.
@@ -174,7 +176,7 @@ def test_warm_start_is_cached_by_everything_it_depends_on(tmp_path):
     again = run_warm_start(0, settings, tmp_path)
     assert not first["cached"] and again["cached"] and again["path"] == first["path"]
     assert again["evaluation"] == first["evaluation"]
-    for changed in ({"sft_steps": 3}, {"benchmark": ["cue_strength=0.1"]}, {"pretrain_disadvantaged_keep": 0.5}):
+    for changed in ({"sft_steps": 3}, {"benchmark": ["cue_strength=0.1"]}, {"pretrain_disadvantaged_keep": 0.3}):
         other = ExperimentSettings(**{**settings.to_dict(), **changed})
         assert other.warm_start_key() != settings.warm_start_key(), changed
     longer = ExperimentSettings(**{**settings.to_dict(), "steps": 7})
@@ -314,3 +316,15 @@ def test_no_demo_module_imports_one_that_imports_it_back():
 
     assert {"benchmark", "warmstart", "evaluation", "experiment", "report", "plots", "run"} <= set(graph)
     assert [name for name in graph if name in reachable(name)] == []
+
+
+def test_a_users_benchmark_override_follows_the_demos_and_wins():
+    from transformers import HfArgumentParser
+
+    parser = HfArgumentParser(ExperimentSettings)
+    (settings,) = parser.parse_args_into_dataclasses(["-b", "disadvantaged=[age=a4]"])
+    assert settings.benchmark == [*DEMO_BENCHMARK, "disadvantaged=[age=a4]"]
+    config = settings.config()
+    assert config.disadvantaged == ("age=a4",) and config.min_domain_fraction == 0.1
+    (again,) = parser.parse_args_into_dataclasses([])
+    assert again.benchmark == list(DEMO_BENCHMARK)  # the default list is not extended in place
