@@ -20,11 +20,12 @@ $(STAMP): pyproject.toml constraints.txt
 	else \
 		$(PY) -m pip install -q $(FIND_LINKS) torch==2.13.0; \
 	fi
-	$(PY) -m pip install -q $(FIND_LINKS) -c constraints.txt -e '.[dev]'
+	$(PY) -m pip install -q $(FIND_LINKS) -c constraints.txt -e '.[dev,demo]'
 	touch $(STAMP)
 
+# Writes outputs/demo/ (untracked); `fair-trl demo --publish` copies a run to reports/demo/, which the README quotes.
 demo: $(STAMP)
-	$(VENV)/bin/fair-trl demo
+	HF_HUB_OFFLINE=1 $(VENV)/bin/fair-trl demo
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check fair_trl tests benchmarks recipes

@@ -161,7 +161,12 @@ VLLM_MIN_HEAD_DIM = 32
 
 _IMAGE_SIZE = 32
 _PATCH_SIZE = 8
-_MM_TOKENS_PER_IMAGE = 4
+# One soft token per patch: pooling the 4 x 4 patch grid any further averages neighbouring cells of the
+# synthetic benchmark's images together, and the model can no longer tell which cell is lit.
+_MM_TOKENS_PER_IMAGE = (_IMAGE_SIZE // _PATCH_SIZE) ** 2
+# Longer than any prompt of the data schema (about 90 tokens with the image), so the sliding-attention
+# layer still sees the image tokens from the answer position; 64 was shorter than the prompt and cut them off.
+_SLIDING_WINDOW = 512
 
 
 def _build_backend_tokenizer() -> Tokenizer:
@@ -289,7 +294,7 @@ def build_tiny_vlm(seed: int = 0, vllm_compatible: bool = False) -> tuple[PreTra
         head_dim=head_dim,
         query_pre_attn_scalar=head_dim,
         max_position_embeddings=512,
-        sliding_window=64,
+        sliding_window=_SLIDING_WINDOW,
         layer_types=["sliding_attention", "full_attention"],
         pad_token_id=tokenizer.pad_token_id,
         bos_token_id=tokenizer.bos_token_id,
@@ -308,7 +313,7 @@ def build_tiny_vlm(seed: int = 0, vllm_compatible: bool = False) -> tuple[PreTra
     config = Gemma3Config(
         text_config=text_config,
         vision_config=vision_config,
-        # (image_size / patch_size)^2 = 16 patches, average-pooled 2x2 down to 4 soft tokens per image.
+        # (image_size / patch_size)^2 = 16 patches, one soft token each (no pooling).
         mm_tokens_per_image=_MM_TOKENS_PER_IMAGE,
         boi_token_index=tokenizer.boi_token_id,
         eoi_token_index=tokenizer.eoi_token_id,

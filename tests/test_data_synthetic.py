@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 from collections import Counter
 
@@ -15,10 +16,14 @@ from fair_trl.data.synthetic import (
     GRID,
     TABLE1_COUNTS,
     SyntheticConfig,
+    _cue_patterns,
     _domain_counts,
+    _label_set_probs,
+    best_accuracy,
     is_disadvantaged,
     label_cells,
     planted_ground_truth,
+    planted_shift,
     read,
 )
 from fair_trl.groups import age_bin
@@ -159,27 +164,151 @@ def test_patients_have_one_to_three_rows_with_consistent_demographics(rows):
         assert len({(r["age"], r["sex"], r["dataset"]) for r in patient_rows}) == 1
 
 
-def test_label_is_readable_from_the_image_except_for_planted_groups(rows):
+def lit_labels(row: dict, contrast: float = SyntheticConfig().contrast) -> list[int]:
+    """Indices (into the domain's labels) of the cells that are lit, whatever labels they stand for."""
+    image = pixels(row).mean(axis=2)
+    cell = image.shape[0] // GRID
+    background = np.median(image)
+    brightness = [
+        image[r * cell + 1 : (r + 1) * cell - 1, c * cell + 1 : (c + 1) * cell - 1].mean() - background
+        for r in range(GRID)
+        for c in range(GRID)
+    ]
+    cells = list(label_cells(row["dataset"]).values())
+    if row["dataset"] == "chexpert":
+        return [k for k, i in enumerate(cells) if brightness[i] > contrast / 2]
+    return [int(np.argmax([brightness[i] for i in cells]))]
+
+
+AGE_OF_BIN = {"a1": 20, "a2": 40, "a3": 60, "a4": 80}
+
+
+def read_cue(row: dict) -> tuple[int, str | None]:
+    """The patient's (age bin's representative age, sex) from the pattern cue, by matched filters."""
+    image = pixels(row).mean(axis=2)
+    patterns = _cue_patterns(image.shape[0])
+    score = {name: float((image * pattern).mean()) for name, pattern in patterns.items()}
+    age = max(AGE_OF_BIN, key=lambda b: score[b])
+    sex = None if row["dataset"] == "covid_blues" else ("F" if score["F"] > SyntheticConfig().cue_strength / 2 else "M")
+    return AGE_OF_BIN[age], sex
+
+
+def oracle(row: dict, config: SyntheticConfig) -> str:
+    """A reader that looks at the cue, knows each group's rule, and undoes it."""
+    age, sex = read_cue(row)
+    shift = planted_shift(row["dataset"], age, sex, config)
+    labels = DATASET_LABELS[row["dataset"]]
+    shown = sorted((k - shift) % len(labels) for k in lit_labels(row))
+    return ", ".join(labels[k] for k in shown)
+
+
+def group_accuracy(rows: list[dict], answer) -> dict[str, float]:
+    hits: dict[str, list[bool]] = {}
+    for row in rows:
+        if row["age"] is None:
+            continue
+        ok = answer(row) == row["solution"]
+        for key in (f"age={age_bin(row['age'])}", f"sex={row['sex']}"):
+            hits.setdefault(key, []).append(ok)
+    return {key: float(np.mean(v)) for key, v in sorted(hits.items()) if key != "sex=None"}
+
+
+def test_an_oracle_reader_is_equally_accurate_on_every_group(rows):
+    config = SyntheticConfig()
+    oracle_accuracy = group_accuracy(rows, lambda r: oracle(r, config))
+    assert set(oracle_accuracy) == {"age=a1", "age=a2", "age=a3", "age=a4", "sex=F", "sex=M"}
+    assert max(oracle_accuracy.values()) - min(oracle_accuracy.values()) <= 0.02, oracle_accuracy
+    assert min(oracle_accuracy.values()) > 0.97
+    # The cue is read right for hidden patients too (their images show their true demographics).
+    hidden = [r for r in rows if r["age"] is None]
+    assert np.mean([oracle(r, config) == r["solution"] for r in hidden]) > 0.97
+    # What the ground truth promises: every group can be read perfectly.
+    assert all(value == pytest.approx(1.0) for value in planted_ground_truth()["best_accuracy"].values())
+
+
+def test_the_usual_mapping_fails_on_the_planted_groups(rows):
     config = SyntheticConfig()
     visible = [r for r in rows if r["age"] is not None]
+    planted = [r for r in visible if is_disadvantaged(r["dataset"], r["age"], r["sex"], config)]
     majority = [r for r in visible if not is_disadvantaged(r["dataset"], r["age"], r["sex"], config)]
-    minority = [r for r in visible if is_disadvantaged(r["dataset"], r["age"], r["sex"], config)]
-    assert len(minority) > 100 and len(majority) > 1000
-    majority_acc = np.mean([decode(r) == r["solution"] for r in majority])
-    minority_acc = np.mean([decode(r) == r["solution"] for r in minority])
-    assert majority_acc > 0.97
-    # About 1 - shift_prob of the planted rows still show the right cells.
-    assert 0.45 < minority_acc < 0.8
-    # The planted rows are noisier too.
+    assert len(planted) > 100 and len(majority) > 1000
+    assert np.mean([decode(r) == r["solution"] for r in majority]) > 0.97
+    # Every planted row shows its labels by its group's rule, never by the usual one.
+    assert np.mean([decode(r) == r["solution"] for r in planted]) < 0.02
+
+
+def test_each_planted_group_has_its_own_rule():
+    truth = planted_ground_truth()
+    ham = truth["domains"]["ham10000"]
+    assert ham["disadvantaged"] == ["age=a1", "age=a4", "sex=F"]
+    assert [ham["rules"][g]["shift"] for g in ham["disadvantaged"]] == [1, 2, 3]
+    assert ham["rules"]["age=a1"]["permutation"]["MEL"] == "NV"  # MEL is drawn in NV's cell
+    assert sorted(ham["rules"]["age=a4"]["permutation"].values()) == sorted(DATASET_LABELS["ham10000"])
+    # A two-label domain has one rule to give, the swap; a row matching several groups follows the first.
+    assert {r["shift"] for r in truth["domains"]["isic2020"]["rules"].values()} == {1}
+    assert planted_shift("ham10000", 80, "F") == 2 and planted_shift("ham10000", 40, "F") == 3
+    assert planted_shift("ham10000", 40, "M") == 0
+
+
+def test_noisy_shift_profile_reproduces_the_first_planting_exactly():
+    # Pixels and metadata of the benchmark as first released (profile "noisy_shift" is how it was built).
+    rows = read(None, BuildSummary("synthetic"), seed=3, num_rows=200, profile="noisy_shift")
+    digest = hashlib.sha256()
+    for row in rows:
+        digest.update(np.asarray(Image.open(io.BytesIO(row["image"]["bytes"])).convert("RGB")).tobytes())
+        digest.update(repr((row["solution"], row["dataset"], row["patient_id"], row["age"], row["sex"])).encode())
+    assert digest.hexdigest() == "422374fd583accb346542da56359ed0aa60ef5b3fea270acb3f898627292c942"
+
+
+def test_noisy_shift_caps_the_planted_groups_where_the_ground_truth_says():
+    config = SyntheticConfig(profile="noisy_shift", num_rows=6000)
+    rows = read(None, BuildSummary("synthetic"), seed=4, config=config)
+    visible = [r for r in rows if r["age"] is not None]
+    majority = [r for r in visible if not is_disadvantaged(r["dataset"], r["age"], r["sex"], config)]
+    assert np.mean([decode(r) == r["solution"] for r in majority]) > 0.97
+
+    # A reader that knows the group and the shift but not whether this row was shifted: per shown
+    # label set it picks the likelier of "as shown" and "shifted back", as `best_accuracy` assumes.
+    def bayes(row):
+        labels = DATASET_LABELS[row["dataset"]]
+        shown = tuple(sorted(lit_labels(row)))
+        if not is_disadvantaged(row["dataset"], row["age"], row["sex"], config):
+            return ", ".join(labels[k] for k in shown)
+        probs = _label_set_probs(row["dataset"], config)
+        back = tuple(sorted((k - 1) % len(labels) for k in shown))
+        p = config.shift_prob
+        best = back if probs.get(back, 0.0) * p > probs.get(shown, 0.0) * (1 - p) else shown
+        return ", ".join(labels[k] for k in best)
+
+    for domain in ("chexpert", "isic2020"):
+        in_domain = [r for r in visible if r["dataset"] == domain]
+        planted = [r for r in in_domain if is_disadvantaged(domain, r["age"], r["sex"], config)]
+        measured = np.mean([bayes(r) == r["solution"] for r in planted])
+        promised = best_accuracy(domain, 1, config)
+        assert measured == pytest.approx(promised, abs=3 / np.sqrt(len(planted))), (domain, len(planted))
+    truth = planted_ground_truth(config)
+    assert truth["best_accuracy"]["age=a1"] < truth["best_accuracy"]["age=a2"] - 0.1  # irreducible gap
+    # Noisier, too.
+    planted = [r for r in visible if is_disadvantaged(r["dataset"], r["age"], r["sex"], config)]
     spread = {
         name: np.median([np.std(np.diff(pixels(r), axis=1)) for r in group[:200]])
-        for name, group in (("majority", majority), ("minority", minority))
+        for name, group in (("majority", majority), ("planted", planted))
     }
-    assert spread["minority"] > 2 * spread["majority"]
+    assert spread["planted"] > 2 * spread["majority"]
+
+
+def test_best_accuracy_of_a_single_label_rule():
+    config = SyntheticConfig(shift_prob=0.5)
+    # Two labels, swapped half of the time: the reader can do no better than the larger prior.
+    prior = np.maximum(np.array([0.87, 0.13]), config.label_floor)
+    prior /= prior.sum()
+    assert best_accuracy("hemorrhage", 1, config) == pytest.approx(prior.max())
+    assert best_accuracy("hemorrhage", 0, config) == 1.0
+    assert best_accuracy("hemorrhage", 1, SyntheticConfig()) == pytest.approx(1.0)
 
 
 def test_no_planted_disparity_when_switched_off():
-    rows = read(None, BuildSummary("synthetic"), seed=1, num_rows=400, shift_prob=0.0, minority_noise_std=0.06)
+    rows = read(None, BuildSummary("synthetic"), seed=1, num_rows=400, shift_prob=0.0)
     assert np.mean([decode(r) == r["solution"] for r in rows]) > 0.97
 
 
@@ -196,16 +325,25 @@ def test_is_disadvantaged_and_ground_truth():
     assert not is_disadvantaged("chexpert", 60, "M", custom) and not is_disadvantaged("ham10000", 60, "F", custom)
 
     truth = planted_ground_truth()
+    assert truth["profile"] == "reducible" and truth["cue"] == "pattern"
     assert set(truth["domains"]) == set(DATASET_LABELS)
     assert truth["domains"]["chexpert"]["disadvantaged"] == ["age=a1", "age=a4"]
     assert truth["domains"]["ham10000"]["disadvantaged"] == ["age=a1", "age=a4", "sex=F"]
     assert truth["domains"]["covid_blues"]["disadvantaged"] == ["age=a1", "age=a4"]
-    assert truth["shift_prob"] == config.shift_prob
+    assert truth["shift_prob"] == config.shift_prob == 1.0
     custom_truth = planted_ground_truth(disadvantaged=("age=a4|sex=F",), domains=("chexpert", "covid_blues"))
-    assert custom_truth["domains"] == {
-        "chexpert": {"disadvantaged": ["sex=F|age=a4"]},
-        "covid_blues": {"disadvantaged": []},
+    assert {d: v["disadvantaged"] for d, v in custom_truth["domains"].items()} == {
+        "chexpert": ["sex=F|age=a4"],
+        "covid_blues": [],
     }
+    assert set(custom_truth["domains"]["covid_blues"]["best_accuracy"]) == {"age=a1", "age=a2", "age=a3", "age=a4"}
+
+
+def test_profiles_set_their_defaults_and_explicit_values_win():
+    assert SyntheticConfig(profile="noisy_shift").shift_prob == 0.35
+    assert SyntheticConfig(profile="noisy_shift").cue == "ramp"
+    assert SyntheticConfig(profile="noisy_shift", shift_prob=0.5).shift_prob == 0.5
+    assert SyntheticConfig(cue="ramp").minority_noise_std == SyntheticConfig().noise_std
 
 
 @pytest.mark.parametrize(
@@ -220,6 +358,9 @@ def test_is_disadvantaged_and_ground_truth():
         ({"domains": ("chexpert", "mimic")}, ValueError, r"domains"),
         ({"disadvantaged": ("age=a9",)}, ValueError, r"age=a9"),
         ({"disadvantaged": ("mimic:sex=F",)}, ValueError, r"unknown domain 'mimic'"),
+        ({"profile": "easy"}, ValueError, r"profile='easy'.*reducible.*noisy_shift"),
+        ({"cue": "stripes"}, ValueError, r"cue='stripes'.*pattern.*ramp"),
+        ({"cue_strength": 2.0}, ValueError, r"cue_strength"),
         ({"age_bin_probs": (0.5, 0.5, 0.5, 0.5)}, ValueError, r"age_bin_probs"),
     ],
 )

@@ -1,40 +1,69 @@
-"""The demo experiment: runs, statistics, verdict, report files, CLI."""
+"""The demo experiment: data parts, warm start, runs, reproducibility, gate, verdict, report files, CLI."""
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from fair_trl.cli import main
-from fair_trl.demo.experiment import ExperimentSettings, demo_splits, run_one, with_oracle_weights
-from fair_trl.demo.plots import pareto_front
+from fair_trl.cli import DemoOptions, main
+from fair_trl.demo.benchmark import planted_flags, with_oracle_weights
+from fair_trl.demo.experiment import DEMO_BENCHMARK, METHODS, ExperimentSettings, run_warm_start
+from fair_trl.demo.instrument import TRIAL_FIELDS, read_trials
+from fair_trl.demo.plots import PLOTS, pareto_front
 from fair_trl.demo.report import analyse, rebuild
-from fair_trl.demo.reward import jaccard_reward
+from fair_trl.demo.run import publish
 from fair_trl.demo.stats import paired_difference, seed_summary
 
-PLOTS = ("curves.png", "pareto.png", "group_f1_difference.png", "group_curves.png", "scale_factors.png")
+# Small enough for the suite, large enough that the warm start learns the answer format (60 steps).
+TINY = ["--seeds", "2", "--steps", "4", "--eval_every", "2", "--sft_steps", "60", "--pretrain_rows", "200",
+        "--rl_rows", "200", "--eval_rows", "240"]  # fmt: skip
+TIMING_KEYS = {"timing", "warm_starts", "seconds", "cpu_seconds", "wall_seconds", "when"}
 
 
-def test_demo_writes_report_plots_and_results(tmp_path, capsys):
-    out = tmp_path / "demo"
-    args = ["demo", "--methods", "grpo", "fair_grpo", "oracle_oversampling", "--seeds", "2", "--steps", "4"]
-    assert main([*args, "--eval-every", "2", "--workers", "2", "--output-dir", str(out)]) == 0
-    assert "Positive control" in capsys.readouterr().out
+def without_timings(value):
+    """results.json with every timing removed: what must not depend on the machine's load or worker count."""
+    if isinstance(value, dict):
+        return {k: without_timings(v) for k, v in value.items() if k not in TIMING_KEYS and k != "workers"}
+    if isinstance(value, list):
+        return [without_timings(v) for v in value]
+    return value
 
-    results = json.loads((out / "results.json").read_text())
+
+def demo(tmp_path, name, *args, cache="cache"):
+    out = tmp_path / name
+    argv = ["demo", *TINY, *args, "--output_dir", str(out), "--cache_dir", str(tmp_path / cache)]
+    assert main([*argv, "--trial_log", str(tmp_path / "trials.jsonl")]) == 0
+    return out, json.loads((out / "results.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def two_workers(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("demo")
+    out, results = demo(tmp, "two", "--methods", "grpo", "fair_grpo", "oracle_oversampling", "--workers", "2")
+    return tmp, out, results
+
+
+def test_demo_writes_report_plots_and_results(two_workers, capsys):
+    _, out, results = two_workers
     assert set(results["methods"]) == {"grpo", "fair_grpo", "oracle_oversampling"}
     for entry in results["methods"].values():
-        for metric in ("f1", "delta_f1", "acc", "eod", "pp"):
-            assert set(entry[metric]) >= {"mean", "std"}
+        for metric in ("f1", "delta_f1", "acc", "eod", "pp", "exact"):
             assert len(entry[metric]["values"]) == 2 and 0 <= entry[metric]["mean"] <= 1
-    assert results["settings"]["steps"] == 4 and results["settings"]["seeds"] == 2
+        assert len(entry["distinct_answers"]) == 2 and all(n >= 1 for n in entry["distinct_answers"])
     assert "vs_grpo" in results["methods"]["fair_grpo"] and "vs_grpo" not in results["methods"]["grpo"]
+    assert results["gate"]["valid"] in (True, False)
 
     report = (out / "report.md").read_text()
-    for heading in ("## Verdict", "## Table 2", "## Differences to GRPO", "## Per-group F1"):
-        assert heading in report
+    # The gate comes first, before anything about the methods.
+    assert report.split("\n", 1)[0] == results["gate"]["text"]
+    assert report.startswith(("instrument valid", "instrument invalid"))
+    sections = ["## Instrument", "## Benchmark", "## Warm start", "## Verdict", "## Table 2", "## Differences to GRPO",
+                "## Per-group F1", "## Distinct answers"]  # fmt: skip
+    positions = [report.index(s) for s in sections]
+    assert positions == sorted(positions)
     for name in PLOTS:
         with Image.open(out / name) as image:
             assert image.size[0] > 300
@@ -42,40 +71,128 @@ def test_demo_writes_report_plots_and_results(tmp_path, capsys):
     runs = json.loads((out / "runs.json").read_text())["runs"]
     assert [(r["method"], r["seed"]) for r in runs][:3] == [("grpo", 0), ("fair_grpo", 0), ("oracle_oversampling", 0)]
     assert [c["step"] for c in runs[0]["checkpoints"]] == [0, 2, 4]
-    fair = next(r for r in runs if r["method"] == "fair_grpo")
-    assert len(fair["scale_factors"]) == 4 and not runs[0]["scale_factors"]  # GRPO has no scale factors
+    # Step 0 is the seed's warm start, shared by every method of the seed.
+    for seed in (0, 1):
+        firsts = [r["checkpoints"][0] for r in runs if r["seed"] == seed]
+        assert all(first == firsts[0] for first in firsts)
+    assert not runs[0]["group_weights"]  # GRPO has no FairGRPO weights
 
     (out / "results.json").unlink()
-    rebuilt = rebuild(out)
-    assert rebuilt["methods"]["fair_grpo"]["delta_f1"] == results["methods"]["fair_grpo"]["delta_f1"]
+    rebuilt = rebuild(out, out.parent / "trials.jsonl")
+    assert without_timings(rebuilt) == without_timings(results)
 
 
-def test_a_run_is_reproducible_and_trains():
-    settings = ExperimentSettings(methods=("grpo", "fair_grpo"), seeds=1, steps=3, eval_every=3, workers=1)
-    first = run_one("fair_grpo", 0, settings)
-    again = run_one("fair_grpo", 0, settings)
-    assert first["checkpoints"] == again["checkpoints"]
-    assert first["train_reward"] == again["train_reward"]
-    assert {c["step"] for c in first["checkpoints"]} == {0, 3}
-    groups = set(first["train_reward"])
-    assert {"sex=F", "sex=M"} <= groups and any(g.startswith("age=a") for g in groups)
+def test_warm_start_answers_in_the_format_the_reward_reads(two_workers):
+    _, out, _ = two_workers
+    context = json.loads((out / "runs.json").read_text())["context"]
+    assert context["step0"]["boxed"] > 0.95  # 60 SFT steps teach \boxed{}; the RL reward reads nothing else
+    assert [w["cached"] for w in context["warm_starts"]] == [False, False]
 
 
-def test_oracle_weights_give_planted_rows_half_the_draws():
-    from fair_trl.data.synthetic import is_disadvantaged
+def test_workers_one_and_two_give_identical_results(two_workers):
+    tmp, _, results = two_workers
+    # A fresh cache, so the warm starts are trained again, in one worker this time.
+    _, single = demo(tmp, "one", "--methods", "grpo", "fair_grpo", "oracle_oversampling", "--workers", "1",
+                     cache="cache-single")  # fmt: skip
+    assert without_timings(single) == without_timings(results)
+    assert results["context"]["timing"]["workers"] == 2 and single["context"]["timing"]["workers"] == 1
 
-    train = with_oracle_weights(demo_splits(ExperimentSettings(num_rows=300))["train"])
-    rows = train.select_columns(["dataset", "age", "sex", "oracle_weight"]).to_list()
-    planted = np.array([r["age"] is not None and is_disadvantaged(r["dataset"], r["age"], r["sex"]) for r in rows])
-    weights = np.array([r["oracle_weight"] for r in rows])
+
+def test_trial_runs_grpo_and_the_control_only_and_logs_every_call(two_workers, capsys):
+    tmp, _, results = two_workers
+    # The same benchmark spelt out: warm starts and runs are the full run's, read from the cache.
+    _, trial = demo(tmp, "trial", "--trial", "-b", "cue_strength=0.08")
+    assert set(trial["methods"]) == {"grpo", "oracle_oversampling"}
+    assert trial["context"]["warm_starts"][0]["cached"] is True
+    assert trial["context"]["timing"]["runs_cached"] == 4 and trial["context"]["timing"]["runs_trained"] == 0
+    for method in ("grpo", "oracle_oversampling"):
+        assert trial["methods"][method]["delta_f1"] == results["methods"][method]["delta_f1"]
+    logged = read_trials(tmp / "trials.jsonl")
+    assert len(logged) == 1 and set(logged[0]["settings"]) == set(TRIAL_FIELDS)
+    assert logged[0]["settings"]["benchmark"] == [*DEMO_BENCHMARK, "cue_strength=0.08"]  # -b adds to the demo's
+    assert logged[0]["valid"] == trial["gate"]["valid"]
+    assert logged[0]["control_vs_grpo_delta_f1"]["mean"] == pytest.approx(
+        trial["methods"]["oracle_oversampling"]["vs_grpo"]["delta_f1"]["mean"]
+    )
+    # The report lists the trial log, and names the override.
+    report = (tmp / "trial" / "report.md").read_text()
+    assert "`cue_strength=0.08`" in report and "trials.jsonl" in report and "| 1 |" in report
+    for extra in (["--methods", "grpo", "fair_grpo"], ["--baselines"], ["--variants"]):
+        with pytest.raises(SystemExit):
+            main(["demo", "--trial", *extra, "--output_dir", str(tmp / "refused")])
+        assert "--trial runs exactly ['grpo', 'oracle_oversampling']" in capsys.readouterr().err
+    assert len(read_trials(tmp / "trials.jsonl")) == 1
+
+
+def test_publish_copies_the_report_into_the_reference_folder(two_workers, tmp_path):
+    _, out, results = two_workers
+    target = publish(out, tmp_path / "reference")
+    assert json.loads((target / "results.json").read_text()) == results
+    assert {p.name for p in target.iterdir()} == {"report.md", "results.json", "summary.md", *PLOTS}
+    with pytest.raises(FileNotFoundError, match="missing"):
+        publish(tmp_path / "nothing", tmp_path / "elsewhere")
+
+
+def test_default_output_is_untracked():
+    # `make demo` must leave the committed reference report (and so `make test`) alone.
+    gitignore = Path(__file__).resolve().parents[1] / ".gitignore"
+    assert DemoOptions().output_dir.startswith("outputs/") and DemoOptions().cache_dir.startswith("outputs/")
+    assert "outputs/" in gitignore.read_text().split()
+
+
+@pytest.fixture(scope="module")
+def data():
+    return ExperimentSettings().data()
+
+
+def test_demo_data_parts(data):
+    config = data.config
+    parts = {name: getattr(data, name) for name in ("pretrain", "rl", "eval")}
+    patients = {name: set(part["patient_id"]) for name, part in parts.items()}
+    assert not patients["pretrain"] & patients["rl"] and not patients["eval"] & (patients["pretrain"] | patients["rl"])
+    share = {name: np.mean(planted_flags(part, config)) for name, part in parts.items()}
+    # The pre-training part under-represents the planted groups (it keeps half of them, and RL's share
+    # counts hidden demographics as not planted); RL sees the natural mix.
+    assert ExperimentSettings().pretrain_disadvantaged_keep == 0.5
+    assert share["pretrain"] < 0.75 * share["rl"] and share["rl"] > 0.15
+    assert all(age is not None for age in data.pretrain["age"])
+    assert any(age is None for age in data.rl["age"])
+    # The held-out part is large enough to see every planted age group.
+    ages = [a for a in data.eval["age"] if a is not None]
+    assert sum(a <= 25 for a in ages) >= 150 and sum(a > 75 for a in ages) >= 150
+
+
+def test_oracle_weights_give_planted_rows_half_the_draws(data):
+    train = with_oracle_weights(data.rl, data.config)
+    planted = np.array(planted_flags(train, data.config))
+    weights = np.array(train["oracle_weight"])
     assert 0 < planted.mean() < 0.5
     assert weights[planted].sum() == pytest.approx(weights[~planted].sum())
 
 
-def test_jaccard_reward_gives_partial_credit():
-    assert jaccard_reward("Edema Fracture", "Edema", "chexpert") == pytest.approx(0.5)
-    assert jaccard_reward("edema", "Edema, Fracture", "chexpert") == pytest.approx(0.5)
-    assert jaccard_reward("nothing here", "Edema", "chexpert") == 0.0
+def test_warm_start_is_cached_by_everything_it_depends_on(tmp_path):
+    settings = ExperimentSettings(sft_steps=2, pretrain_rows=60, rl_rows=30, eval_rows=40)
+    first = run_warm_start(0, settings, tmp_path)
+    again = run_warm_start(0, settings, tmp_path)
+    assert not first["cached"] and again["cached"] and again["path"] == first["path"]
+    assert again["evaluation"] == first["evaluation"]
+    for changed in ({"sft_steps": 3}, {"benchmark": ["cue_strength=0.1"]}, {"pretrain_disadvantaged_keep": 0.3}):
+        other = ExperimentSettings(**{**settings.to_dict(), **changed})
+        assert other.warm_start_key() != settings.warm_start_key(), changed
+    longer = ExperimentSettings(**{**settings.to_dict(), "steps": 7})
+    assert longer.warm_start_key() == settings.warm_start_key()
+    # A finished RL run is kept per method and seed, keyed by the RL settings too.
+    assert longer.run_path(tmp_path, "grpo", 0) != settings.run_path(tmp_path, "grpo", 0)
+    assert settings.run_path(tmp_path, "grpo", 0) != settings.run_path(tmp_path, "oracle_oversampling", 0)
+    assert settings.run_path(tmp_path, "grpo", 0).parent.parent == tmp_path / settings.warm_start_key()
+
+
+def test_methods_come_from_the_registry():
+    from fair_trl.advantages import REGISTRY
+
+    assert {m.estimator for m in METHODS.values()} <= set(REGISTRY)
+    assert ExperimentSettings().methods == ["grpo", "fair_grpo", "fair_grpo_nd", "oracle_oversampling"]
+    assert ExperimentSettings().seeds >= 5
 
 
 def test_paired_difference_is_a_t_interval():
@@ -102,38 +219,53 @@ def fake_run(method, seed, delta_f1, f1):
         "acc": 0.8, "f1": f1, "EOD": 0.1, "PP": 0.1, "FPR_diff": 0.0, "delta_acc": 0.0, "delta_f1": delta_f1,
         "sigma_acc": 0.0, "sigma_f1": 0.0, "acc_es": 0.8, "f1_es": f1,
         "group_f1": {"a1": f1 - delta_f1, "a2": f1}, "per_group_f1": {"ham10000": {"a1": f1 - delta_f1, "a2": f1}},
+        "group_exact": {"a1": 0.5, "a2": 0.9},
     }  # fmt: skip
-    checkpoint = {"step": 10, "age": attribute, "sex": attribute}
-    return {"method": method, "seed": seed, "checkpoints": [checkpoint], "train_reward": {}, "scale_factors": []}
+    checkpoint = {"step": 10, "age": attribute, "sex": attribute, "exact": 0.8, "distinct_answers": 12}
+    return {"method": method, "seed": seed, "checkpoints": [checkpoint], "train_reward": {}, "group_weights": []}
 
 
 def test_verdict_names_a_method_that_reaches_the_aim_and_a_working_control():
     settings = ExperimentSettings(methods=("grpo", "fair_grpo", "oracle_oversampling"), seeds=4, n_bootstrap=100)
-    noise = [0.0, 0.01, -0.01, 0.005]
     runs = []
-    for seed, e in enumerate(noise):
+    for seed, e in enumerate([0.0, 0.01, -0.01, 0.005]):
         runs.append(fake_run("grpo", seed, 0.20 + e, 0.50))
         runs.append(fake_run("fair_grpo", seed, 0.12 + e * 0.5, 0.495))  # -40% ΔF1, -0.005 F1
-        runs.append(fake_run("oracle_oversampling", seed, 0.15 + e, 0.45))
+        runs.append(fake_run("oracle_oversampling", seed, 0.15 + e * 0.2, 0.45))
     results = analyse(runs, settings)
+    assert results["gate"]["valid"] is True and results["gate"]["text"].startswith("instrument valid")
     assert results["verdict"]["methods_reaching_aim"] == ["fair_grpo"]
-    assert results["verdict"]["positive_control_detects"] is True
+    assert "FairGRPO: ΔF1 -40%" in results["verdict"]["text"] and "reaches the aim" in results["verdict"]["text"]
     assert results["methods"]["fair_grpo"]["vs_grpo"]["delta_f1_relative"]["mean"] == pytest.approx(-0.4, abs=0.01)
     diff = results["per_group_difference"]["fair_grpo"]["ham10000/age=a1"]
     assert diff["mean"] == pytest.approx((0.495 - 0.12) - (0.5 - 0.2), abs=0.01)
 
 
-def test_verdict_refuses_a_reduction_bought_with_f1_or_within_noise():
-    settings = ExperimentSettings(methods=("grpo", "fair_grpo", "fair_grpo_floor"), seeds=3, n_bootstrap=100)
+def test_verdict_refuses_a_reduction_bought_with_f1_or_within_noise_and_says_when_it_widens():
+    settings = ExperimentSettings(
+        methods=("grpo", "fair_grpo", "fair_grpo_floor", "fair_grpo_nd", "oracle_oversampling"), seeds=3
+    )
     runs = []
     for seed, e in enumerate([0.0, 0.1, -0.1]):
         runs.append(fake_run("grpo", seed, 0.20 + e, 0.50))
         runs.append(fake_run("fair_grpo", seed, 0.10, 0.45))  # -50% ΔF1 but 0.05 lower F1
         runs.append(fake_run("fair_grpo_floor", seed, 0.10 - e, 0.50))  # -50% on average, interval spans 0
+        runs.append(fake_run("fair_grpo_nd", seed, 0.30 + e, 0.50))  # +0.1 every seed
+        runs.append(fake_run("oracle_oversampling", seed, 0.20 + 2 * e, 0.50))  # no cut: the gate fails
     results = analyse(runs, settings)
     assert results["verdict"]["methods_reaching_aim"] == []
-    assert results["verdict"]["positive_control_detects"] is None
-    assert "Aim not reached" in results["verdict"]["text"]
+    assert results["gate"]["valid"] is False and results["gate"]["text"].startswith("instrument invalid")
+    text = results["verdict"]["text"]
+    assert "not valid at these settings" in text and "Aim not reached by any method" in text
+    assert "F1 drops by more than 0.01" in text
+    assert "FairGRPO-ND: ΔF1 +50%" in text and "widens the gap" in text
+    assert "null result" in text
+
+
+def test_gate_without_a_control_is_not_checked():
+    runs = [fake_run("grpo", s, 0.2, 0.5) for s in range(2)] + [fake_run("fair_grpo", s, 0.1, 0.5) for s in range(2)]
+    results = analyse(runs, ExperimentSettings(methods=("grpo", "fair_grpo"), seeds=2))
+    assert results["gate"]["valid"] is None and results["gate"]["text"].startswith("instrument not checked")
 
 
 @pytest.mark.parametrize(
@@ -142,9 +274,57 @@ def test_verdict_refuses_a_reduction_bought_with_f1_or_within_noise():
         (["--methods", "ppo"], "unknown method(s) ['ppo']"),
         (["--methods", "fair_grpo"], "must include 'grpo'"),
         (["--seeds", "0"], "seeds must be >= 1"),
+        (["-b", "colour=red"], "unknown benchmark parameter 'colour'"),
+        (["-b", "shift_prob=2"], "shift_prob=2"),
+        (["-b", "profile"], "is not KEY=VALUE"),
+        (["--pretrain_disadvantaged_keep", "1.5"], "pretrain_disadvantaged_keep must be in [0, 1]"),
     ],
 )
 def test_demo_refuses_bad_settings(args, message, capsys):
     with pytest.raises(SystemExit):
         main(["demo", *args])
     assert message in capsys.readouterr().err
+
+
+def test_benchmark_overrides_reach_the_data():
+    settings = ExperimentSettings(benchmark=["profile=noisy_shift", "disadvantaged=[age=a4]"])
+    assert settings.config().profile == "noisy_shift" and settings.config().disadvantaged == ("age=a4",)
+    assert settings.config().num_rows == settings.pretrain_rows + settings.rl_rows + settings.eval_rows
+
+
+def test_no_demo_module_imports_one_that_imports_it_back():
+    import ast
+
+    package = Path(__file__).resolve().parents[1] / "fair_trl" / "demo"
+    graph = {}
+    for path in package.glob("*.py"):
+        # Imports inside functions count too: a lazy import still ties the modules together.
+        graph[path.stem] = {
+            node.module.rsplit(".", 1)[1]
+            for node in ast.walk(ast.parse(path.read_text()))
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("fair_trl.demo.")
+        }
+
+    def reachable(start):
+        seen, todo = set(), list(graph[start])
+        while todo:
+            name = todo.pop()
+            if name not in seen:
+                seen.add(name)
+                todo += graph.get(name, ())
+        return seen
+
+    assert {"benchmark", "warmstart", "evaluation", "experiment", "report", "plots", "run"} <= set(graph)
+    assert [name for name in graph if name in reachable(name)] == []
+
+
+def test_a_users_benchmark_override_follows_the_demos_and_wins():
+    from transformers import HfArgumentParser
+
+    parser = HfArgumentParser(ExperimentSettings)
+    (settings,) = parser.parse_args_into_dataclasses(["-b", "disadvantaged=[age=a4]"])
+    assert settings.benchmark == [*DEMO_BENCHMARK, "disadvantaged=[age=a4]"]
+    config = settings.config()
+    assert config.disadvantaged == ("age=a4",) and config.min_domain_fraction == 0.1
+    (again,) = parser.parse_args_into_dataclasses([])
+    assert again.benchmark == list(DEMO_BENCHMARK)  # the default list is not extended in place

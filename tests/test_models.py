@@ -159,7 +159,8 @@ def test_vlm_chat_template_and_image_tokens(vlm_dir: Path) -> None:
         return_tensors="pt",
     )
     tok = processor.tokenizer
-    assert (inputs["input_ids"] == tok.image_token_id).sum().item() == 4
+    # One soft token per 8 x 8 patch of the 32 x 32 image: no pooling mixes neighbouring cells.
+    assert (inputs["input_ids"] == tok.image_token_id).sum().item() == 16
     assert (inputs["input_ids"] == tok.boi_token_id).sum().item() == 1
     assert (inputs["input_ids"] == tok.eoi_token_id).sum().item() == 1
     assert inputs["pixel_values"].shape == (1, 3, 32, 32)
@@ -185,6 +186,30 @@ def test_vlm_forward_and_generate(vlm_dir: Path) -> None:
     inputs["pixel_values"] = torch.randn_like(inputs["pixel_values"])
     with torch.no_grad():
         assert not torch.allclose(model(**inputs).logits, logits)
+
+
+def test_vlm_first_layer_sees_the_image_from_the_answer_position(vlm_dir: Path) -> None:
+    """The sliding-attention layer must reach the image tokens from the last position of a schema prompt."""
+    from fair_trl.data.schema import make_prompt
+
+    model = AutoModelForImageTextToText.from_pretrained(vlm_dir)
+    processor = AutoProcessor.from_pretrained(vlm_dir)
+    assert model.config.mm_tokens_per_image == (32 // 8) ** 2
+    lengths = {}
+    for dataset in ("chexpert", "ham10000", "vindr_mammo"):  # the longest prompts of the schema
+        messages = make_prompt(dataset)
+        messages[0]["content"][0] = {"type": "image", "image": _image(2)}
+        inputs = processor.apply_chat_template(
+            messages, tokenize=True, add_generation_prompt=True, return_dict=True, return_tensors="pt"
+        )
+        lengths[dataset] = inputs["input_ids"].shape[1]
+        with torch.no_grad():
+            first = model(**inputs, output_hidden_states=True).hidden_states[1][0, -1]
+            inputs["pixel_values"] = torch.randn_like(inputs["pixel_values"])
+            changed = model(**inputs, output_hidden_states=True).hidden_states[1][0, -1]
+        # Layer 0 is the sliding-window layer: its output at the answer position must depend on the image.
+        assert not torch.allclose(first, changed), dataset
+    assert max(lengths.values()) < model.config.get_text_config().sliding_window
 
 
 def _random_reward(completions: list, **kwargs) -> list[float]:

@@ -33,12 +33,37 @@ def test_readme_commands_are_make_targets():
 def test_readme_results_quote_the_committed_demo_report():
     import json
 
-    from fair_trl.demo.report import summary_markdown
+    from fair_trl.demo.plots import PLOTS
+    from fair_trl.demo.report import markdown, summary_markdown
 
     demo = README.parent / "reports" / "demo"
     results = json.loads((demo / "results.json").read_text())
     summary = summary_markdown(results)
     assert summary == (demo / "summary.md").read_text()
     assert summary in README.read_text(), "README's Results section differs from reports/demo: re-quote summary.md"
-    for name in ("report.md", "curves.png", "pareto.png", "group_f1_difference.png"):
+    assert markdown(results) == (demo / "report.md").read_text()
+    for name in PLOTS:
         assert (demo / name).is_file()
+
+
+def test_committed_report_lists_the_instrument_trial_log():
+    """The report's list of instrument trials is the log as it stood: the log only ever grows."""
+    import json
+
+    from fair_trl.demo.instrument import read_trials
+
+    demo = README.parent / "reports" / "demo"
+    listed = json.loads((demo / "results.json").read_text())["instrument_trials"]
+    logged = read_trials(demo / "instrument_trials.jsonl")
+    assert listed and listed == logged[: len(listed)]
+    assert all(set(t["settings"]) >= {"steps", "seeds", "benchmark"} for t in logged)
+
+
+def test_make_demo_leaves_the_reference_report_alone():
+    # `make demo` then `make test` on a fresh clone: the demo must not rewrite what this file checks.
+    makefile = (README.parent / "Makefile").read_text()
+    recipe = makefile.split("\ndemo:", 1)[1].split("\n\n", 1)[0]
+    assert "fair-trl demo" in recipe and "reports/" not in recipe and "--output_dir" not in recipe
+    from fair_trl.cli import DemoOptions
+
+    assert not DemoOptions().output_dir.startswith("reports")

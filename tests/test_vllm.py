@@ -35,6 +35,9 @@ os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 # fixed sequence. vLLM's CPU backend downcasts the float32 tiny models to bfloat16: measured gaps are
 # about 0.002 for the text model and up to 0.03 after an image.
 SYNC_TOLERANCE = 0.05
+# After the tiny VLM's 16 image tokens (no pooling), bf16 and the two image-attention implementations add
+# up to a measured 0.053 at any weights. A missed sync would leave vLLM `moved` (about 1.1) away instead.
+IMAGE_SYNC_TOLERANCE = 0.1
 # ... and at least this far from the initial model's somewhere, or the test would not see a missing sync.
 MOVED_AT_LEAST = 0.1
 
@@ -171,8 +174,8 @@ def test_tiny_gemma3_vlm_trains_on_images_in_colocate_mode(tmp_path):
     after_image = sequence.index(processor.tokenizer.convert_tokens_to_ids("<end_of_image>"))
     served, trained, initial = served[after_image:], trained[after_image:], initial[after_image:]
     gap, moved = (served - trained).abs().max().item(), (served - initial).abs().max().item()
-    assert gap < SYNC_TOLERANCE, f"vLLM is {gap:.4f} from the synced weights"
-    assert moved > MOVED_AT_LEAST, f"vLLM is only {moved:.4f} from the initial weights"
+    assert gap < IMAGE_SYNC_TOLERANCE, f"vLLM is {gap:.4f} from the synced weights"
+    assert moved > max(MOVED_AT_LEAST, 5 * gap), f"vLLM is only {moved:.4f} from the initial weights"
     _release(trainer)
 
 

@@ -18,13 +18,19 @@ Domains and labels
 
 Images (``image_size`` x ``image_size`` RGB, default 32 x 32, stored as PNG bytes)
     * A 4 x 4 grid of square cells. Label ``k`` of a domain owns cell ``(CELL_OFFSET[domain] + k) % 16``
-      (row-major; see `label_cells`). A label that is present lights the inner square of its cell
+      (row-major; see `label_cells`). A label that is *shown* lights the inner square of its cell
       (one ``cell // 8`` pixel margin, at least 1) by ``contrast`` in every channel.
     * Background: the domain's tint colour (`DOMAIN_TINT`), so domains also differ visually.
     * Demographic cue (``demographic_cue=True``): like anatomy betrays age and sex, the image shows the
-      patient's true demographics: a vertical brightness ramp whose slope grows with age
-      (``0.12 * (age - 50) / 50`` from top to bottom) and, for female patients, +0.06 in the green channel.
-      This makes the planted groups learnable, so a method that attends to them can close the gap.
+      patient's true demographics, in one of two styles (``cue``):
+      - ``"pattern"``: a faint texture per demographic value over the whole image, ``cue_strength`` in
+        every channel: age a1 horizontal stripes (period 2 px), a2 vertical stripes (2 px), a3 a
+        checkerboard, a4 horizontal stripes (4 px), female vertical stripes (4 px), male none. The
+        textures are orthogonal to each other, to the tint and to a lit cell's square (each sums to zero
+        over a cell and over its inner square), so every 8 x 8 patch tells the group exactly;
+      - ``"ramp"``: a vertical brightness ramp whose slope grows with age (``0.12 * (age - 50) / 50``
+        from top to bottom) and, for female patients, +0.06 in the green channel. Age bins that meet
+        (75 and 76) look alike, so the group is only roughly visible.
     * Gaussian pixel noise with standard deviation ``noise_std``; values are clipped to [0, 1].
 
 Planted disparities (ground truth: `planted_ground_truth`)
@@ -32,12 +38,28 @@ Planted disparities (ground truth: `planted_ground_truth`)
     of group specs ``"[domain:]attr=value[|attr=value]"`` with attr ``age`` (a1 <= 25, a2 26-50, a3 51-75,
     a4 > 75) or ``sex`` (F/M); without a domain prefix a spec applies to every domain. The defaults are
     age a1 and a4 everywhere and sex F in HAM10000, ISIC-2020 and Hemorrhage (not CheXpert, so
-    that most rows of the largest domain follow the usual mapping). For a disadvantaged row:
-    * with probability ``shift_prob`` every lit cell moves to the cell of the *next* label of the domain
-      (label ``k`` is drawn in the cell of label ``(k + 1) % n``): the usual image-to-label mapping is
-      wrong for these rows (the label stays the true one), and
-    * the pixel noise has standard deviation ``minority_noise_std`` instead of ``noise_std``.
-    The disparity follows the true demographics, also for rows whose demographics are then hidden.
+    that most rows of the largest domain follow the usual mapping). The disparity follows the true
+    demographics, also for rows whose demographics are then hidden. What a disadvantaged row gets
+    depends on the ``profile``:
+
+    ``"reducible"`` (the default)
+        Every disadvantaged group has its own fixed image-to-label rule: label ``k`` is shown in the
+        cell of label ``(k + shift) % n`` of the domain's ``n`` labels. The groups that apply to a domain
+        are numbered in ``disadvantaged`` order, ``j = 0, 1, ...``, and group ``j`` shifts by
+        ``1 + j % (n - 1)`` (a two-label domain has one rule to give: the swap). A row matching several
+        groups follows the first. The rule applies with probability ``shift_prob`` (1.0: always) and the
+        noise stays ``noise_std``. With the pattern cue a reader that looks at the cue can be exactly as
+        accurate on every group: the gap comes only from the groups being rare and their rules
+        conflicting with the majority's, so a training method can close it.
+    ``"noisy_shift"`` (the benchmark's first planting, kept so earlier reports reproduce exactly)
+        With probability ``shift_prob`` (0.35) every lit cell moves to the cell of the *next* label
+        (shift 1 for every group), the pixel noise is ``minority_noise_std`` (0.25) instead of
+        ``noise_std``, and the cue is the ramp. Even a perfect reader that knows the group cannot tell
+        a shifted image from an unshifted one, so those groups are capped near ``1 - shift_prob``:
+        irreducible label noise.
+
+    `planted_ground_truth` gives each group's best achievable accuracy (exact-match, for a reader that
+    sees the lit cells and the patient's group; pixel noise at these settings flips no cell).
 
 Demographics
     Ages: an age bin drawn with ``age_bin_probs`` (few a1 and a4), then a whole age uniform in the bin
@@ -55,6 +77,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 import math
 import numbers
 from dataclasses import dataclass
@@ -75,8 +98,11 @@ __all__ = [
     "GRID",
     "TABLE1_COUNTS",
     "SyntheticConfig",
+    "PROFILES",
+    "best_accuracy",
     "is_disadvantaged",
     "label_cells",
+    "planted_shift",
     "planted_ground_truth",
     "read",
 ]
@@ -154,12 +180,22 @@ _AGE_RANGES = ((18, 25), (26, 50), (51, 75), (76, 90))  # inclusive, per bin a1.
 _CHUNK = 1024  # images generated per vectorised chunk
 
 
+# Values a profile gives the fields left at None; every other field has one default for all profiles.
+PROFILES: dict[str, dict[str, Any]] = {
+    "reducible": {"shift_prob": 1.0, "minority_noise_std": 0.06, "cue": "pattern"},
+    "noisy_shift": {"shift_prob": 0.35, "minority_noise_std": 0.25, "cue": "ramp"},
+}
+CUES = ("pattern", "ramp")
+
+
 @dataclass(frozen=True)
 class SyntheticConfig:
     """Every knob of the synthetic benchmark. Defaults are fixed; override them by keyword."""
 
     num_rows: int = 2000
     """Total rows over all domains (train + test)."""
+    profile: str = "reducible"
+    """How disadvantaged rows differ (see the module docstring): "reducible" or "noisy_shift"."""
     domains: tuple[str, ...] = ALL_DOMAINS
     """Which registry domains to generate (a subset keeps the Table 1 proportions among them)."""
     min_domain_fraction: float = 0.02
@@ -170,14 +206,18 @@ class SyntheticConfig:
     """Brightness added to a lit cell."""
     noise_std: float = 0.06
     """Pixel noise of rows outside the disadvantaged groups."""
-    minority_noise_std: float = 0.25
-    """Pixel noise of disadvantaged rows."""
-    shift_prob: float = 0.35
-    """Probability that a disadvantaged row's lit cells sit in the next label's cells."""
+    minority_noise_std: float | None = None
+    """Pixel noise of disadvantaged rows (None: the profile's, reducible 0.06, noisy_shift 0.25)."""
+    shift_prob: float | None = None
+    """Probability that a disadvantaged row is drawn by its group's rule (None: the profile's, 1.0 / 0.35)."""
     disadvantaged: tuple[str, ...] = ("age=a1", "age=a4", "ham10000:sex=F", "isic2020:sex=F", "hemorrhage:sex=F")
-    """Group specs "[domain:]attr=value[|attr=value]" whose rows get the shift and the extra noise."""
+    """Group specs "[domain:]attr=value[|attr=value]" whose rows get the planted rule."""
     demographic_cue: bool = True
-    """Draw the age ramp and the female tint, so groups are visible in the image."""
+    """Show the patient's demographics in the image, so groups are visible."""
+    cue: str | None = None
+    """Style of the demographic cue: "pattern" or "ramp" (None: the profile's, pattern / ramp)."""
+    cue_strength: float = 0.08
+    """Amplitude of the pattern cue's textures."""
     missing_demographics: float = 0.10
     """Share of patients whose age and sex are removed (None)."""
     age_bin_probs: tuple[float, float, float, float] = (0.06, 0.32, 0.48, 0.14)
@@ -201,6 +241,13 @@ class SyntheticConfig:
             if not ok:
                 raise bad(name, value, f"a number in [{low}, {high}{')' if open_high else ']'}")
 
+        if self.profile not in PROFILES:
+            raise bad("profile", self.profile, f"one of {list(PROFILES)}")
+        for name, value in PROFILES[self.profile].items():
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, value)
+        if self.cue not in CUES:
+            raise bad("cue", self.cue, f"one of {list(CUES)}")
         if isinstance(self.domains, str):
             object.__setattr__(self, "domains", (self.domains,))
         object.__setattr__(self, "domains", tuple(self.domains))
@@ -220,6 +267,7 @@ class SyntheticConfig:
         number("noise_std", 0.0, 1.0)
         number("minority_noise_std", 0.0, 1.0)
         number("shift_prob", 0.0, 1.0)
+        number("cue_strength", 0.0, 0.5)
         number("missing_demographics", 0.0, 1.0)
         number("label_floor", 0.0, 0.2)
         if not isinstance(self.demographic_cue, bool):
@@ -277,53 +325,186 @@ def label_cells(domain: str) -> dict[str, int]:
     return {label: (CELL_OFFSET[domain] + k) % (GRID * GRID) for k, label in enumerate(labels)}
 
 
-def is_disadvantaged(domain: str, age: int | None, sex: str | None, config: SyntheticConfig | None = None) -> bool:
-    """Whether a patient of `domain` with these *true* demographics is in a planted disadvantaged group."""
-    config = config or SyntheticConfig()
-    values = {"age": age_bin(age, DEFAULT_AGE_BINS) if age is not None else None, "sex": sex}
+@functools.lru_cache(maxsize=256)
+def _domain_rules(domain: str, config: SyntheticConfig) -> tuple[tuple[str, tuple[tuple[str, str], ...], int], ...]:
+    """(group key, conditions, shift) of every disadvantaged group that can occur in `domain`, in spec order."""
+    n_labels = len(DATASET_LABELS[domain])
+    sexes = set(_sex_probs(domain))
+    rules: list[tuple[str, tuple[tuple[str, str], ...], int]] = []
     for spec_domain, conditions in _parsed_specs(config.disadvantaged):
         if spec_domain not in (None, domain):
             continue
+        if any(attr == "sex" and value not in sexes for attr, value in conditions):
+            continue  # e.g. sex in COVID-BLUES (no sex column) or men in VinDr-Mammo: never matches
+        # Key order matches GroupKeyer's default columns ("sex", "age").
+        ordered = tuple(sorted(conditions, key=lambda c: ("sex", "age").index(c[0])))
+        key = "|".join(f"{attr}={value}" for attr, value in ordered)
+        if any(key == known for known, _, _ in rules):
+            continue
+        # Every registry domain has at least two labels, so a shift of 1 .. n - 1 always exists.
+        shift = 1 if config.profile == "noisy_shift" else 1 + len(rules) % (n_labels - 1)
+        rules.append((key, ordered, shift))
+    return tuple(rules)
+
+
+def _sex_probs(domain: str) -> dict[str | None, float]:
+    female = FEMALE_FRACTION[domain]
+    if female is None:
+        return {None: 1.0}
+    return {sex: p for sex, p in (("F", female), ("M", 1.0 - female)) if p > 0}
+
+
+def _cell_shift(domain: str, values: dict[str, str | None], config: SyntheticConfig) -> int:
+    for _, conditions, shift in _domain_rules(domain, config):
         if all(values[attr] == value for attr, value in conditions):
-            return True
-    return False
+            return shift
+    return 0
+
+
+def planted_shift(domain: str, age: int | None, sex: str | None, config: SyntheticConfig | None = None) -> int:
+    """The label shift of the rule a patient's rows follow when planted: 0 outside the disadvantaged groups."""
+    config = config or SyntheticConfig()
+    values = {"age": age_bin(age, DEFAULT_AGE_BINS) if age is not None else None, "sex": sex}
+    return _cell_shift(domain, values, config)
+
+
+def is_disadvantaged(domain: str, age: int | None, sex: str | None, config: SyntheticConfig | None = None) -> bool:
+    """Whether a patient of `domain` with these *true* demographics is in a planted disadvantaged group."""
+    return planted_shift(domain, age, sex, config) > 0
+
+
+def _label_set_probs(domain: str, config: SyntheticConfig) -> dict[tuple[int, ...], float]:
+    """Exact probability of every label set `_draw_labels` can give (sorted label indices)."""
+    if domain not in MULTI_LABEL_DATASETS:
+        return {(k,): float(p) for k, p in enumerate(_label_prior(domain, config.label_floor))}
+    labels = DATASET_LABELS[domain]
+    findings = [labels.index(name) for name in _CHEXPERT_PREVALENCE]
+    weights = np.array(list(_CHEXPERT_PREVALENCE.values()))
+    weights = weights / weights.sum()
+    probs = {(labels.index("No Finding"),): _NO_FINDING_PROB}
+    # numpy's weighted choice without replacement keeps the first appearances of i.i.d. draws, which is
+    # successive sampling: each next finding is drawn from the remaining weights.
+    for size, p_size in enumerate(_FINDINGS_PER_IMAGE, start=1):
+        for combo in itertools.combinations(range(len(findings)), size):
+            p_set = 0.0
+            for order in itertools.permutations(combo):
+                p, left = 1.0, 1.0
+                for i in order:
+                    p *= weights[i] / left
+                    left -= weights[i]
+                p_set += p
+            key = tuple(sorted(findings[i] for i in combo))
+            probs[key] = probs.get(key, 0.0) + (1 - _NO_FINDING_PROB) * p_size * p_set
+    return probs
+
+
+def best_accuracy(domain: str, shift: int, config: SyntheticConfig | None = None) -> float:
+    """Best exact-match accuracy on rows of `domain` that follow the rule `shift` (0: the usual mapping).
+
+    The reader sees which cells are lit and knows the row's group and rule; what it cannot know is
+    whether this row was drawn by the rule (probability ``shift_prob``) or by the usual mapping. So for
+    a shown label set T it answers the likelier of T and T shifted back, and the accuracy is
+    sum over T of max(P(T) (1 - shift_prob), P(T shifted back) shift_prob).
+    """
+    config = config or SyntheticConfig()
+    if shift == 0:
+        return 1.0
+    n = len(DATASET_LABELS[domain])
+    probs = _label_set_probs(domain, config)
+    p = config.shift_prob
+    shown = set(probs) | {tuple(sorted((k + shift) % n for k in labels)) for labels in probs}
+    total = 0.0
+    for labels in shown:
+        back = tuple(sorted((k - shift) % n for k in labels))
+        total += max(probs.get(labels, 0.0) * (1 - p), probs.get(back, 0.0) * p)
+    return float(total)
 
 
 def planted_ground_truth(config: SyntheticConfig | None = None, **options: Any) -> dict[str, Any]:
-    """What the benchmark plants, for reports: per domain, the disadvantaged groups and their effects.
+    """What the benchmark plants, for reports: per domain, the disadvantaged groups, their rules and ceilings.
 
     Group names use the trainer's key format ("age=a4", "sex=F", "sex=F|age=a4"). A row is
-    disadvantaged when its group key contains every part of one of its domain's groups.
+    disadvantaged when its group key contains every part of one of its domain's groups. Per domain:
+
+    * ``disadvantaged``: the groups, in the order that decides a row matching several;
+    * ``rules``: per group, its label shift and ``permutation`` (label -> the label whose cell shows it);
+    * ``best_accuracy``: per demographic group of the suite (age=a1..a4, sex=F/M), the best achievable
+      exact-match accuracy over its rows (`best_accuracy`, mixed over the other attribute's groups by
+      their expected shares).
+
+    ``best_accuracy`` at the top level is each group's mean over the domains where it occurs, the way
+    the suite averages a group's values. A gap between groups there is irreducible; the rest a method
+    can close.
     """
     if config is not None and options:
         raise TypeError("planted_ground_truth: pass either a config or keyword options, not both")
     config = config or SyntheticConfig.from_options(**options)
+    bins = [f"a{i + 1}" for i in range(len(_AGE_RANGES))]
     domains: dict[str, Any] = {}
+    per_group: dict[str, list[float]] = {}
     for domain in config.domains:
-        groups = []
-        for spec_domain, conditions in _parsed_specs(config.disadvantaged):
-            if spec_domain in (None, domain):
-                # Key order matches GroupKeyer's default columns ("sex", "age").
-                ordered = sorted(conditions, key=lambda c: ("sex", "age").index(c[0]))
-                key = "|".join(f"{attr}={value}" for attr, value in ordered)
-                if key not in groups:
-                    groups.append(key)
-        if FEMALE_FRACTION[domain] is None:
-            groups = [g for g in groups if "sex=" not in g]  # no sex in this release: never matches
-        if FEMALE_FRACTION[domain] == 1.0:
-            groups = [g for g in groups if "sex=M" not in g]
-        domains[domain] = {"disadvantaged": groups}
+        labels = DATASET_LABELS[domain]
+        rules = _domain_rules(domain, config)
+        sexes = _sex_probs(domain)
+        cells = {
+            (age, sex): p_age * p_sex
+            for age, p_age in zip(bins, config.age_bin_probs, strict=True)
+            for sex, p_sex in sexes.items()
+        }
+        accuracy = {
+            (age, sex): best_accuracy(domain, _cell_shift(domain, {"age": age, "sex": sex}, config), config)
+            for age, sex in cells
+        }
+        best: dict[str, float] = {}
+        for attr, index, values in (("age", 0, bins), ("sex", 1, [s for s in sexes if s is not None])):
+            for value in values:
+                members = {cell: p for cell, p in cells.items() if cell[index] == value}
+                weight = sum(members.values())
+                if weight > 0:
+                    key = f"{attr}={value}"
+                    best[key] = round(sum(p * accuracy[cell] for cell, p in members.items()) / weight, 4)
+                    per_group.setdefault(key, []).append(best[key])
+        domains[domain] = {
+            "disadvantaged": [key for key, _, _ in rules],
+            "rules": {
+                key: {"shift": shift, "permutation": {label: labels[(k + shift) % len(labels)]
+                                                      for k, label in enumerate(labels)}}
+                for key, _, shift in rules
+            },
+            "best_accuracy": best,
+        }  # fmt: skip
     return {
+        "profile": config.profile,
         "domains": domains,
+        "best_accuracy": {key: round(float(np.mean(values)), 4) for key, values in sorted(per_group.items())},
         "shift_prob": config.shift_prob,
         "noise_std": config.noise_std,
         "minority_noise_std": config.minority_noise_std,
-        "description": (
-            f"Rows of the disadvantaged groups have, with probability {config.shift_prob}, their lit cells "
-            f"moved to the next label's cells, and pixel noise {config.minority_noise_std} instead of "
-            f"{config.noise_std}. Disparities follow true demographics, also where they are hidden."
-        ),
+        "cue": config.cue if config.demographic_cue else None,
+        "description": _description(config),
     }
+
+
+def _description(config: SyntheticConfig) -> str:
+    when = "always" if config.shift_prob == 1.0 else f"with probability {config.shift_prob}"
+    noise = (
+        f", and pixel noise {config.minority_noise_std} instead of {config.noise_std}"
+        if config.minority_noise_std != config.noise_std
+        else ""
+    )
+    if config.profile == "noisy_shift":
+        rule = f"{when} have their lit cells moved to the next label's cells{noise}"
+    else:
+        rule = f"show their labels by their own group's fixed label permutation, {when}{noise}"
+    cue = (
+        f"The image shows each patient's true demographics ({config.cue} cue)."
+        if config.demographic_cue
+        else "The image does not show the demographics."
+    )
+    return (
+        f"Profile {config.profile!r}: rows of the disadvantaged groups {rule}. {cue} Disparities follow true "
+        "demographics, also where they are hidden."
+    )
 
 
 def _domain_counts(config: SyntheticConfig) -> dict[str, int]:
@@ -398,10 +579,29 @@ def _patients(domain: str, n_rows: int, rng: np.random.Generator, config: Synthe
                 "age": age,
                 "sex": sex,
                 "hidden": hidden,
-                "disadvantaged": is_disadvantaged(domain, age, sex, config),
+                "shift": (shift := planted_shift(domain, age, sex, config)),
+                "disadvantaged": shift > 0,
             }
         )
     return patients
+
+
+def _cue_patterns(size: int) -> dict[str, np.ndarray]:
+    """The pattern cue's +-1 textures (size x size), one per demographic value; male has none."""
+    y, x = np.mgrid[0:size, 0:size]
+
+    def sign(bits: np.ndarray) -> np.ndarray:
+        return np.where(bits % 2 == 0, 1.0, -1.0).astype(np.float32)
+
+    # Walsh functions of the pixel coordinates' two lowest bits: mutually orthogonal, and each sums to
+    # zero over any aligned 4 x 4 block, hence over a cell and over a lit cell's inner square.
+    return {
+        "a1": sign(y),
+        "a2": sign(x),
+        "a3": sign(x + y),
+        "a4": sign(y // 2),
+        "F": sign(x // 2),
+    }
 
 
 def _render(rows: list[dict[str, Any]], rng: np.random.Generator, config: SyntheticConfig) -> np.ndarray:
@@ -417,18 +617,26 @@ def _render(rows: list[dict[str, Any]], rng: np.random.Generator, config: Synthe
     slope = np.zeros(n, dtype=np.float32)
     green = np.zeros(n, dtype=np.float32)
     noise = np.empty(n, dtype=np.float32)
+    texture = np.zeros((n, size, size), dtype=np.float32)
+    patterns = _cue_patterns(size) if config.cue == "pattern" else {}
     for i, row in enumerate(rows):
         lit[i, row["cells"]] = 1.0
         tint[i] = DOMAIN_TINT[row["domain"]]
-        if config.demographic_cue:
+        if config.demographic_cue and config.cue == "ramp":
             slope[i] = 0.12 * (row["age"] - 50) / 50
             green[i] = 0.06 if row["sex"] == "F" else 0.0
+        elif config.demographic_cue:
+            texture[i] = patterns[age_bin(row["age"], DEFAULT_AGE_BINS)]
+            if row["sex"] == "F":
+                texture[i] += patterns["F"]
         noise[i] = config.minority_noise_std if row["disadvantaged"] else config.noise_std
     # Lit cells: (n, 4, 4) -> (n, S, S) with the inner-square mask inside every cell.
     cells = np.kron(lit.reshape(n, GRID, GRID), inner[None]) * config.contrast
     ramp = np.linspace(-0.5, 0.5, size, dtype=np.float32)
     image = tint[:, None, None, :] + (cells + slope[:, None, None] * ramp[None, :, None])[..., None]
     image[..., 1] += green[:, None, None]
+    if patterns:
+        image += (texture * config.cue_strength)[..., None]
     image += rng.standard_normal(image.shape, dtype=np.float32) * noise[:, None, None, None]
     return (np.clip(image, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 
@@ -461,7 +669,7 @@ def read(
             for _ in range(patient["rows"]):
                 shown = labels[i]
                 if patient["disadvantaged"] and rng.random() < config.shift_prob:
-                    shown = [(k + 1) % n_labels for k in shown]
+                    shown = [(k + patient["shift"]) % n_labels for k in shown]
                 plan.append({**patient, "domain": domain, "labels": labels[i], "cells": [cells_of[k] for k in shown]})
                 i += 1
     order = rng.permutation(len(plan))

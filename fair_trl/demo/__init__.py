@@ -1,8 +1,14 @@
 """The demo experiment, built on the library and not part of its core.
 
-- `experiment`: the methods, one training run, all runs over worker processes;
-- `reward`: the demo's reward;
+Data flows one way; no module here imports one that imports it back:
+
+- `benchmark`: the synthetic benchmark split into pre-training, RL and held-out parts;
+- `warmstart`: the cached SFT stage every method of a seed starts from;
+- `evaluation`: greedy answers to the held-out set, scored with the suite;
+- `reward`: the RL reward (the product's strict `accuracy_reward`, recorded per group);
+- `experiment`: the methods, one warm start, one RL run, all runs over worker processes;
 - `stats`: seed-level statistics and paired differences;
-- `report` and `plots`: report.md, results.json and the PNGs;
-- `run`: `main`, what `fair-trl demo` calls.
+- `instrument`: the validity gate and the log of instrument trials;
+- `report` and `plots`: report.md, results.json, summary.md and the PNGs;
+- `run`: `main`, what `fair-trl demo` calls, and `publish`.
 """

@@ -1,20 +1,24 @@
-"""The demo experiment: GRPO vs FairGRPO (and controls, variants, baselines) on the synthetic benchmark.
+"""The demo experiment: GRPO vs FairGRPO (and a positive control, variants, baselines), warm-started.
 
-Each run trains the tiny VLM from scratch with `FairGRPOTrainer` for a fixed number of steps and, at
-evenly spaced checkpoints, answers every test prompt greedily and scores the answers with the suite
-(`compute_fairness`, per demographic attribute). Runs are independent, so `run_experiment` spreads them
-over worker processes (one torch thread each: the tiny model gains nothing from more). Everything a
-run returns is plain JSON, so the report can be rebuilt from `runs.json` without training again.
+Per seed, one warm start (`fair_trl.demo.warmstart`: SFT on the pre-training part, which
+under-represents the disadvantaged groups) is shared by every method. Each method then trains it with
+`FairGRPOTrainer` and the strict `accuracy_reward` on the RL part for a fixed number of steps and, at
+evenly spaced checkpoints, answers every held-out prompt greedily (`fair_trl.demo.evaluation`). Step 0
+is the warm start itself, evaluated once per seed.
 
-Methods (`METHODS`):
+Runs are independent, so `run_experiment` spreads them over spawned worker processes with one torch
+thread each, also when ``workers=1``: every run sees the same numerics whatever the worker count.
+Everything a run returns is plain JSON, so the report can be rebuilt from ``runs.json``.
 
-* main: ``grpo``, ``fair_grpo`` (the paper-faithful default), ``fair_grpo_nd``;
+Methods (`METHODS`, built on `fair_trl.advantages.REGISTRY`):
+
+* main: ``grpo``, ``fair_grpo`` (the paper's), ``fair_grpo_nd``;
 * control: ``oracle_oversampling``, GRPO drawing the rows the benchmark planted as disadvantaged as
-  often as all others together. It uses knowledge no method has; if even it does not shrink the gap,
-  the benchmark cannot show a gap reduction at this budget and a null result for FairGRPO means little;
-* variants (ablation): FairGRPO with a floor on the mean reward in T, a cap on the weight ratio, or
-  statistics over a recent window of steps;
-* baselines (on request): RLOO, REINFORCE++, GRPO + Group DRO, GRPO + Resampling.
+  often as all others together. It uses knowledge no method has; the instrument is valid only when
+  it cuts the gap (`fair_trl.demo.instrument`);
+* variants (``--variants``): FairGRPO with a floor on the mean reward in T, a cap on the weight ratio,
+  or statistics over a recent window of steps;
+* baselines (``--baselines``): RLOO, REINFORCE++, GRPO + Group DRO, GRPO + Resampling.
 """
 
 from __future__ import annotations
@@ -22,35 +26,32 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import json
 import os
 import tempfile
 import time
 import warnings
-from collections import defaultdict
-from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from fair_trl.advantages import get_spec
-from fair_trl.demo.reward import jaccard_reward, mentioned_labels
-from fair_trl.groups import normalise_attribute
-from fair_trl.labels import canonical_labels
-from fair_trl.metrics import SUMMARY_KEYS, compute_fairness, to_label_set
+from fair_trl.demo.benchmark import ORACLE_WEIGHT_COLUMN, demo_data, parse_overrides, planted_flags, with_oracle_weights
 
 __all__ = [
-    "ATTRIBUTES",
     "BASELINE_METHODS",
+    "DEMO_BENCHMARK",
     "DEFAULT_METHODS",
     "METHODS",
+    "VARIANT_METHODS",
     "ExperimentSettings",
     "Method",
     "run_experiment",
     "run_one",
+    "run_warm_start",
 ]
-
-ATTRIBUTES = ("age", "sex")
-ORACLE_WEIGHT_COLUMN = "oracle_weight"
 
 
 @dataclass(frozen=True)
@@ -102,219 +103,212 @@ METHODS: dict[str, Method] = {
         "grpo", "baseline", "every (domain, group) drawn equally often", "GRPO + Resampling", balanced_sampling=True
     ),
 }
-DEFAULT_METHODS = tuple(name for name, m in METHODS.items() if m.role != "baseline")
+# The demo's benchmark, as overrides of SyntheticConfig (a user's -b items follow, and win): chosen with
+# instrument trials (GRPO and the positive control only; see fair_trl.demo.instrument).
+# - Age only (a1 and a4, 6% and 14% of patients): the planted groups are the rare ones, so the control's
+#   oversampling is strong; the sex=F groups the benchmark plants by default are half of their domains.
+# - Every domain at least 10% of the rows: with Table 1's 2% floor five domains had under 110 held-out
+#   rows, a1 cells of about 5, and their max-min F1 was noise that no method could move.
+DEMO_BENCHMARK = ("disadvantaged=[age=a1, age=a4]", "min_domain_fraction=0.1")
+DEFAULT_METHODS = tuple(name for name, m in METHODS.items() if m.role in ("main", "control"))
+VARIANT_METHODS = tuple(name for name, m in METHODS.items() if m.role == "variant")
 BASELINE_METHODS = tuple(name for name, m in METHODS.items() if m.role == "baseline")
 
 
 @dataclass
 class ExperimentSettings:
-    """What a demo run trains and how; the benchmark itself is `SyntheticConfig` at its defaults."""
+    """What a demo run builds and trains. `fair-trl demo --help` lists these fields."""
 
     methods: list[str] = field(
         default_factory=lambda: list(DEFAULT_METHODS),
         metadata={"help": f"Methods to run, from {list(METHODS)}; must include grpo."},
     )
-    seeds: int = field(default=4, metadata={"help": "Seeds per method (each seed: its own data order and init)."})
-    steps: int = field(default=160, metadata={"help": "Training steps per run."})
-    eval_every: int = field(default=32, metadata={"help": "Steps between evaluations of the test split."})
-    prompts_per_step: int = field(default=16, metadata={"help": "Prompts per training step."})
+    seeds: int = field(default=5, metadata={"help": "Seeds per method (each: its own warm start and RL seed)."})
+    steps: int = field(default=100, metadata={"help": "RL steps per run."})
+    eval_every: int = field(default=50, metadata={"help": "RL steps between evaluations of the held-out set."})
+    prompts_per_step: int = field(default=16, metadata={"help": "Prompts per RL step."})
     num_generations: int = field(default=4, metadata={"help": "Completions per prompt (GRPO's group size)."})
-    learning_rate: float = field(default=1e-2, metadata={"help": "Learning rate of every run."})
-    max_completion_length: int = field(default=4, metadata={"help": "Most tokens per completion."})
-    num_rows: int = field(default=2000, metadata={"help": "Rows of the synthetic benchmark (train and test)."})
-    data_seed: int = field(default=0, metadata={"help": "Seed of the synthetic benchmark's rows."})
+    learning_rate: float = field(default=2e-3, metadata={"help": "Learning rate of the RL stage."})
+    temperature: float = field(default=1.0, metadata={"help": "Sampling temperature of the RL rollouts."})
+    max_completion_length: int = field(default=16, metadata={"help": "Most tokens per completion and answer."})
+    sft_steps: int = field(default=600, metadata={"help": "Steps of the warm start (SFT on the pre-training part)."})
+    sft_learning_rate: float = field(default=1e-2, metadata={"help": "Learning rate of the warm start."})
+    sft_batch_size: int = field(default=32, metadata={"help": "Rows per warm-start step."})
+    pretrain_rows: int = field(default=2500, metadata={"help": "Rows (before filtering) of the pre-training part."})
+    pretrain_disadvantaged_keep: float = field(
+        default=0.5,
+        metadata={"help": "Share of the planted-disadvantaged rows that the pre-training part keeps."},
+    )
+    rl_rows: int = field(default=2500, metadata={"help": "Rows of the RL training part."})
+    eval_rows: int = field(default=10_000, metadata={"help": "Rows of the held-out evaluation part."})
+    benchmark: list[str] = field(
+        default_factory=lambda: list(DEMO_BENCHMARK),
+        metadata={
+            "help": "Benchmark overrides KEY=VALUE (SyntheticConfig fields, values read as YAML), e.g. "
+            "-b profile=noisy_shift -b 'disadvantaged=[age=a4]'.",
+            "aliases": ["-b"],
+            "action": "extend",
+        },
+    )
+    data_seed: int = field(default=0, metadata={"help": "Seed of the benchmark's rows and splits."})
     n_bootstrap: int = field(default=2000, metadata={"help": "Bootstrap resamples for the intervals over seeds."})
     workers: int = field(default=2, metadata={"help": "Runs in parallel, one CPU thread each."})
 
     def __post_init__(self) -> None:
-        self.methods = list(self.methods)
+        self.methods = list(dict.fromkeys(self.methods))
+        self.benchmark = [str(item) for item in self.benchmark]
         unknown = [m for m in self.methods if m not in METHODS]
         if unknown:
             raise ValueError(f"unknown method(s) {unknown}; choose from {list(METHODS)}")
         if "grpo" not in self.methods:
             raise ValueError("methods must include 'grpo': every difference is reported against it")
-        for name in ("seeds", "steps", "eval_every", "prompts_per_step", "num_generations", "workers"):
+        for name in ("seeds", "steps", "eval_every", "prompts_per_step", "workers", "sft_steps", "sft_batch_size",
+                     "max_completion_length", "pretrain_rows", "rl_rows", "eval_rows"):  # fmt: skip
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.num_generations < 2:
             raise ValueError(f"num_generations must be >= 2 (group normalisation), got {self.num_generations}")
+        if not 0.0 <= self.pretrain_disadvantaged_keep <= 1.0:
+            raise ValueError(f"pretrain_disadvantaged_keep must be in [0, 1], got {self.pretrain_disadvantaged_keep}")
+        for name in ("learning_rate", "sft_learning_rate", "temperature"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        self.config()  # a bad benchmark override fails here, naming the parameter
 
     def to_dict(self) -> dict[str, Any]:
         return {**dataclasses.asdict(self), "methods": list(self.methods)}
+
+    def overrides(self) -> dict[str, Any]:
+        return parse_overrides(self.benchmark)
+
+    def config(self):
+        from fair_trl.demo.benchmark import benchmark_config
+
+        return benchmark_config(self.overrides(), self.pretrain_rows + self.rl_rows + self.eval_rows)
+
+    def data(self):
+        return demo_data(
+            self.overrides(),
+            self.pretrain_rows,
+            self.rl_rows,
+            self.eval_rows,
+            self.pretrain_disadvantaged_keep,
+            self.data_seed,
+        )
 
     def checkpoints(self) -> list[int]:
         steps = list(range(0, self.steps, self.eval_every))
         return [*steps, self.steps]
 
+    def warm_start_key(self) -> str:
+        """What the warm starts depend on: the data, the SFT settings and the step-0 evaluation."""
+        from fair_trl.demo.warmstart import cache_key
+
+        return cache_key(
+            {
+                "benchmark": dataclasses.asdict(self.config()),
+                "sizes": [self.pretrain_rows, self.rl_rows, self.eval_rows],
+                "keep": self.pretrain_disadvantaged_keep,
+                "data_seed": self.data_seed,
+                "sft": [self.sft_steps, self.sft_learning_rate, self.sft_batch_size],
+                "max_new_tokens": self.max_completion_length,
+            }
+        )
+
+    def run_path(self, cache_dir: str | Path, method: str, seed: int) -> Path:
+        """Where a finished RL run is kept: next to its warm start, keyed by everything else it depends on."""
+        from fair_trl.demo.warmstart import cache_key
+
+        spec = METHODS[method]
+        rl = ("steps", "eval_every", "prompts_per_step", "num_generations", "learning_rate", "temperature",
+              "max_completion_length")  # fmt: skip
+        key = cache_key({"rl": {k: getattr(self, k) for k in rl}, "estimator": spec.estimator, "config": spec.config})
+        return Path(cache_dir) / self.warm_start_key() / "runs" / f"{method}-{key}-seed{seed}.json"
+
 
 # ---------------------------------------------------------------------------------------------
-# One run
+# One warm start, one RL run
 # ---------------------------------------------------------------------------------------------
-
-
-def demo_splits(settings: ExperimentSettings):
-    return _synthetic_splits(settings.num_rows, settings.data_seed)
 
 
 @functools.lru_cache(maxsize=2)
-def _synthetic_splits(num_rows: int, seed: int):
-    # Built once per worker process, not once per run: every run reads the same immutable rows.
-    from fair_trl.data import build_dataset
+def _evaluator(settings_json: str):
+    """The held-out evaluator, built once per process (its processed inputs are reused by every run)."""
+    from fair_trl.demo.evaluation import Evaluator
+    from fair_trl.models import build_tiny_vlm
 
-    return build_dataset("synthetic", None, num_rows=num_rows, seed=seed)
-
-
-def with_oracle_weights(dataset):
-    """Add `oracle_weight`: planted-disadvantaged rows (known demographics) weigh as much as all others."""
-    from fair_trl.data.synthetic import is_disadvantaged
-
-    flags = [
-        row["age"] is not None and is_disadvantaged(row["dataset"], row["age"], row["sex"])
-        for row in dataset.select_columns(["dataset", "age", "sex"]).to_list()
-    ]
-    n_flagged = sum(flags)
-    if n_flagged == 0:
-        raise ValueError("no planted-disadvantaged rows with known demographics to oversample")
-    heavy = (len(flags) - n_flagged) / n_flagged
-    return dataset.add_column(ORACLE_WEIGHT_COLUMN, [heavy if f else 1.0 for f in flags])
+    settings = ExperimentSettings(**json.loads(settings_json))
+    data = settings.data()
+    rows = list(data.eval)
+    flags = planted_flags(data.eval, data.config)
+    planted = [None if r["age"] is None else ("planted" if f else "other") for r, f in zip(rows, flags, strict=True)]
+    _, processor = build_tiny_vlm()
+    return Evaluator(processor, rows, planted, settings.max_completion_length)
 
 
-def attribute_group(attribute: str, row: dict[str, Any]) -> str | None:
-    """The row's group for one attribute (age bin "a1".."a4" or sex "F"/"M"), None when unknown."""
-    return normalise_attribute(attribute, row.get(attribute))
+def _evaluator_for(settings: ExperimentSettings):
+    # Only what the evaluation depends on, so every method and seed shares one evaluator.
+    keep = ("pretrain_rows", "rl_rows", "eval_rows", "pretrain_disadvantaged_keep", "benchmark", "data_seed",
+            "max_completion_length")  # fmt: skip
+    return _evaluator(json.dumps({k: getattr(settings, k) for k in keep}, sort_keys=True))
 
 
-class RolloutRewards:
-    """The training reward, also kept per (step, demographic group) for the learning curves."""
+def run_warm_start(seed: int, settings: ExperimentSettings, cache_dir: str | Path) -> dict[str, Any]:
+    """The warm start of `seed` (trained now or read from the cache) and its step-0 evaluation."""
+    from fair_trl.demo.warmstart import warm_start
 
-    def __init__(self) -> None:
-        self.sums: dict[tuple[int, str], list[float]] = defaultdict(lambda: [0.0, 0])
-        self.__name__ = "accuracy_reward"
-
-    def __call__(self, completions, solution, dataset, sex, age, trainer_state, **_) -> list[float]:
-        rewards = []
-        for completion, answer, name, s, a in zip(completions, solution, dataset, sex, age, strict=True):
-            reward = jaccard_reward(completion, answer, name)
-            for attribute, group in (("age", attribute_group("age", {"age": a})), ("sex", s)):
-                if group is not None:
-                    cell = self.sums[(trainer_state.global_step, f"{attribute}={group}")]
-                    cell[0] += reward
-                    cell[1] += 1
-            rewards.append(reward)
-        return rewards
-
-    def curves(self, bucket: int) -> dict[str, list[list[float]]]:
-        """{group: [[bucket start step, mean reward], ...]} over buckets of `bucket` steps."""
-        merged: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(lambda: [0.0, 0]))
-        for (step, group), (total, count) in self.sums.items():
-            cell = merged[group][step // bucket * bucket]
-            cell[0] += total
-            cell[1] += count
-        return {
-            group: [[start, total / count] for start, (total, count) in sorted(buckets.items())]
-            for group, buckets in sorted(merged.items())
-        }
-
-
-class TestSetEvaluator:
-    """Greedy answers to every test prompt, scored with the suite per attribute."""
-
-    def __init__(self, processor, test_rows: list[dict[str, Any]], max_new_tokens: int, batch_size: int = 256):
-        self.processor = processor
-        self.rows = test_rows
-        self.max_new_tokens = max_new_tokens
-        tokenizer = processor.tokenizer
-        tokenizer.padding_side = "left"
-        # Inputs are built once: the test set does not change between checkpoints.
-        self.batches = []
-        for start in range(0, len(test_rows), batch_size):
-            chunk = test_rows[start : start + batch_size]
-            texts = [
-                processor.apply_chat_template(r["prompt"], add_generation_prompt=True, tokenize=False) for r in chunk
-            ]
-            self.batches.append(
-                processor(text=texts, images=[[r["image"]] for r in chunk], padding=True, return_tensors="pt")
-            )
-
-    def answers(self, model) -> list[str]:
-        import torch
-
-        was_training = model.training
-        model.eval()
-        out: list[str] = []
-        with torch.no_grad():
-            for inputs in self.batches:
-                generated = model.generate(**inputs, max_new_tokens=self.max_new_tokens, do_sample=False)
-                new_tokens = generated[:, inputs["input_ids"].shape[1] :]
-                out += self.processor.batch_decode(new_tokens, skip_special_tokens=True)
-        model.train(was_training)
-        return out
-
-    def evaluate(self, model) -> dict[str, Any]:
-        answers = self.answers(model)
-        predictions = [
-            mentioned_labels(a, canonical_labels(r["dataset"]) or ()) for a, r in zip(answers, self.rows, strict=True)
-        ]
-        references = [to_label_set(r["solution"]) for r in self.rows]
-        datasets = [r["dataset"] for r in self.rows]
-        classes = {name: canonical_labels(name) for name in set(datasets)}
-        result = {}
-        for attribute in ATTRIBUTES:
-            groups = [attribute_group(attribute, r) for r in self.rows]
-            result[attribute] = compact(compute_fairness(predictions, references, datasets, groups, classes))
-        return result
-
-
-def compact(fairness: dict[str, Any]) -> dict[str, Any]:
-    """The parts of a `compute_fairness` result the report uses, as JSON-ready values."""
-    return {
-        **{key: float(fairness[key]) for key in SUMMARY_KEYS},
-        "group_f1": {str(g): v["f1"] for g, v in fairness["group_values"].items()},
-        "per_group_f1": {
-            name: {str(g): s["f1"] for g, s in groups.items()} for name, groups in fairness["per_group"].items()
-        },
-    }
+    return warm_start(
+        seed,
+        settings.data().pretrain,
+        cache_dir,
+        settings.warm_start_key(),
+        steps=settings.sft_steps,
+        learning_rate=settings.sft_learning_rate,
+        batch_size=settings.sft_batch_size,
+        evaluate=lambda model, _: _evaluator_for(settings).evaluate(model),
+    )
 
 
 def run_one(
-    method: str, seed: int, settings: ExperimentSettings, on_step: Callable[[], None] | None = None
+    method: str,
+    seed: int,
+    settings: ExperimentSettings,
+    warm: dict[str, Any],
+    on_step: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
-    """Train one method from scratch with one seed; return its checkpoints, curves and scale factors."""
+    """RL-train the warm start `warm` with one method; return its checkpoints, curves and FairGRPO weights."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from transformers import TrainerCallback
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
     from fair_trl.config import FairGRPOConfig
-    from fair_trl.models import build_tiny_vlm
+    from fair_trl.demo.reward import RecordingReward
+    from fair_trl.demo.warmstart import load_warm_start
     from fair_trl.trainer import FairGRPOTrainer
 
     spec = METHODS[method]
-    splits = demo_splits(settings)
-    train = splits["train"]
+    data = settings.data()
+    train = data.rl
     if spec.config.get("sampling_weight_column") == ORACLE_WEIGHT_COLUMN:
-        train = with_oracle_weights(train)
-    model, processor = build_tiny_vlm(seed=seed)
-    evaluator = TestSetEvaluator(processor, list(splits["test"]), settings.max_completion_length)
-    rewards = RolloutRewards()
-    checkpoints: list[dict[str, Any]] = []
-    scale_factors: list[dict[str, Any]] = []
-    wanted = set(settings.checkpoints())
+        train = with_oracle_weights(train, data.config)
+    model, processor = load_warm_start(warm["path"])
+    evaluator = _evaluator_for(settings)
+    rewards = RecordingReward()
+    checkpoints: list[dict[str, Any]] = [{"step": 0, **warm["evaluation"]}]
+    weights: list[dict[str, Any]] = []
+    wanted = set(settings.checkpoints()) - {0}
 
     class Probe(TrainerCallback):
-        def on_train_begin(self, args, state, control, **kwargs):
-            checkpoints.append({"step": 0, **evaluator.evaluate(kwargs["model"])})
-
         def on_step_end(self, args, state, control, **kwargs):
             estimator = trainer.fair_estimator
             if estimator is not None and estimator.last_info:
-                info = estimator.last_info
-                scale_factors.append({"step": state.global_step, "group_weight": info["group_weight"]})
+                weights.append({"step": state.global_step, "group_weight": estimator.last_info["group_weight"]})
             if state.global_step in wanted:
                 checkpoints.append({"step": state.global_step, **evaluator.evaluate(kwargs["model"])})
             if on_step is not None:
                 on_step()
 
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     with tempfile.TemporaryDirectory() as scratch:
         config = FairGRPOConfig(
             output_dir=scratch,
@@ -326,6 +320,7 @@ def run_one(
             per_device_train_batch_size=settings.prompts_per_step * settings.num_generations,
             num_generations=settings.num_generations,
             max_completion_length=settings.max_completion_length,
+            temperature=settings.temperature,
             max_steps=settings.steps,
             logging_steps=settings.steps + 1,
             save_strategy="no",
@@ -346,9 +341,10 @@ def run_one(
         "method": method,
         "seed": seed,
         "seconds": time.perf_counter() - started,
+        "cpu_seconds": time.process_time() - cpu_started,
         "checkpoints": checkpoints,
-        "train_reward": rewards.curves(settings.eval_every // 2 or 1),
-        "scale_factors": scale_factors,
+        "train_reward": rewards.curves(max(settings.eval_every // 5, 1)),
+        "group_weights": weights,
     }
 
 
@@ -362,55 +358,80 @@ def _quiet_worker() -> None:
     from transformers.utils import logging as hf_logging
 
     # Two one-thread runs side by side beat one two-thread run: the tiny model's ops are too small
-    # for intra-op parallelism to pay.
+    # for intra-op parallelism to pay. One thread also fixes the order of every reduction.
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore")
     hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    from datasets.utils.logging import disable_progress_bar
+
+    disable_progress_bar()
 
 
-def _run_in_worker(method: str, seed: int, settings: ExperimentSettings, queue) -> dict[str, Any]:
-    _quiet_worker()
-    return run_one(method, seed, settings, on_step=lambda: queue.put(1))
+def _warm_job(seed: int, settings: ExperimentSettings, cache_dir: str) -> dict[str, Any]:
+    return run_warm_start(seed, settings, cache_dir)
 
 
-def run_experiment(settings: ExperimentSettings, progress: bool = True) -> list[dict[str, Any]]:
-    """Every (method, seed) run, in a fixed order whatever order the workers finish in."""
-    from tqdm.auto import tqdm
-
-    jobs = [(method, seed) for seed in range(settings.seeds) for method in settings.methods]
-    bar = tqdm(total=len(jobs) * settings.steps, desc="training", unit="step", disable=not progress)
-    results: dict[tuple[str, int], dict[str, Any]] = {}
-    if settings.workers == 1:
-        for method, seed in jobs:
-            bar.set_postfix_str(f"{method} seed {seed}")
-            results[(method, seed)] = run_one(method, seed, settings, on_step=lambda: bar.update(1))
-    else:
-        _run_parallel(jobs, settings, bar, results)
-    bar.close()
-    return [results[job] for job in jobs]
+def _rl_job(method: str, seed: int, settings: ExperimentSettings, warm: dict[str, Any], queue) -> dict[str, Any]:
+    return run_one(method, seed, settings, warm, on_step=lambda: queue.put(1))
 
 
-def _run_parallel(
-    jobs: Sequence[tuple[str, int]],
-    settings: ExperimentSettings,
-    bar,
-    results: dict[tuple[str, int], dict[str, Any]],
-) -> None:
+def _save_run(path: Path, run: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = path.with_suffix(".tmp")
+    staging.write_text(json.dumps(run))
+    staging.replace(path)  # atomic: a killed demo never leaves half a run behind
+
+
+def run_experiment(
+    settings: ExperimentSettings, cache_dir: str | Path, progress: bool = True
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(warm starts by seed, every (method, seed) run in a fixed order), whatever order workers finish in.
+
+    A seed's RL runs are queued as soon as its warm start is ready, so workers never wait for all of them.
+    A run already finished with the same settings and code is read from `cache_dir` (``"cached": True``).
+    """
     import multiprocessing
     import queue as queue_module
 
+    from tqdm.auto import tqdm
+
+    jobs = [(method, seed) for seed in range(settings.seeds) for method in settings.methods]
+    bar = tqdm(total=len(jobs) * settings.steps, desc="RL", unit="step", disable=not progress)
+    warm: dict[int, dict[str, Any]] = {}
+    results: dict[tuple[str, int], dict[str, Any]] = {}
     context = multiprocessing.get_context("spawn")  # fork after torch/TRL imports is not safe
-    with context.Manager() as manager, ProcessPoolExecutor(settings.workers, mp_context=context) as pool:
+    with (
+        context.Manager() as manager,
+        ProcessPoolExecutor(settings.workers, mp_context=context, initializer=_quiet_worker) as pool,
+    ):
         steps = manager.Queue()
-        futures = {pool.submit(_run_in_worker, m, s, settings, steps): (m, s) for m, s in jobs}
-        pending = set(futures)
+        pending = {
+            pool.submit(_warm_job, seed, settings, str(cache_dir)): ("warm", seed) for seed in range(settings.seeds)
+        }
         while pending:
             with contextlib.suppress(queue_module.Empty):
                 bar.update(steps.get(timeout=0.5))
-            for future in [f for f in pending if f.done()]:
-                pending.discard(future)
-                results[futures[future]] = future.result()  # re-raises a worker's error here
-                method, seed = futures[future]
-                bar.set_postfix_str(f"done {method} seed {seed}")
+            done, _ = wait(pending, timeout=0, return_when=FIRST_COMPLETED)
+            for future in done:
+                kind, key = pending.pop(future)
+                result = future.result()  # re-raises a worker's error here
+                if kind == "warm":
+                    warm[key] = result
+                    bar.set_postfix_str(f"warm start {key} {'cached' if result['cached'] else 'trained'}")
+                    for method in settings.methods:
+                        saved = settings.run_path(cache_dir, method, key)
+                        if saved.is_file():
+                            results[(method, key)] = {**json.loads(saved.read_text()), "cached": True}
+                            bar.update(settings.steps)
+                        else:
+                            job = pool.submit(_rl_job, method, key, settings, result, steps)
+                            pending[job] = ("rl", (method, key))
+                else:
+                    results[key] = result
+                    _save_run(settings.run_path(cache_dir, *key), result)
+                    bar.set_postfix_str(f"done {key[0]} seed {key[1]}")
         while not steps.empty():
             bar.update(steps.get())
+    bar.close()
+    return [warm[seed] for seed in range(settings.seeds)], [results[job] for job in jobs]

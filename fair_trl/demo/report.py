@@ -1,7 +1,7 @@
-"""reports/demo/: results.json, report.md and the plots, from the demo's runs.
+"""results.json, report.md and summary.md from the demo's runs (the plots are in `fair_trl.demo.plots`).
 
-`write_report` can be called again on a saved ``runs.json`` (``fair_trl.demo.report.rebuild``), so the
-write-up can change without training again.
+`write_report` can be called again on a saved ``runs.json`` (`rebuild`), so the write-up can change
+without training again.
 """
 
 from __future__ import annotations
@@ -13,24 +13,17 @@ from typing import Any
 
 import numpy as np
 
-from fair_trl.demo.experiment import ATTRIBUTES, METHODS, ExperimentSettings
-from fair_trl.demo.stats import (
-    HEADLINE_METRICS,
-    excludes_zero,
-    final_metrics,
-    paired_difference,
-    seed_summary,
-)
+from fair_trl.demo.evaluation import ATTRIBUTES
+from fair_trl.demo.experiment import METHODS, ExperimentSettings
+from fair_trl.demo.instrument import gate, read_trials
+from fair_trl.demo.stats import HEADLINE_METRICS, excludes_zero, final_metrics, paired_difference, seed_summary
 
-__all__ = ["AIM", "analyse", "rebuild", "summary_markdown", "write_report"]
+__all__ = ["AIM", "analyse", "markdown", "rebuild", "summary_markdown", "write_report"]
 
-# The target the demo is judged by: Delta F1 at least 30% below GRPO's, mean F1 at most 0.01 lower,
+# The target a method is judged by: Delta F1 at least 30% below GRPO's, mean F1 at most 0.01 lower,
 # and an interval on the Delta F1 difference that excludes zero.
 AIM = {"delta_f1_reduction": 0.30, "max_f1_drop": 0.01}
-PLANTED_NOTE = (
-    "Planted disadvantaged groups: age a1 and a4 in every domain, sex F in HAM10000, ISIC 2020 and Hemorrhage "
-    "(their images use a shifted label-to-cell rule 35% of the time and 4x the pixel noise)."
-)
+SUMMARY_METRICS = (*HEADLINE_METRICS, "exact")
 
 
 def _by_method(runs: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
@@ -42,15 +35,24 @@ def _by_method(runs: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
     return grouped
 
 
-def analyse(runs: list[dict[str, Any]], settings: ExperimentSettings) -> dict[str, Any]:
-    """results.json: per-method summaries over seeds, differences to GRPO, the verdict, the settings."""
+def analyse(
+    runs: list[dict[str, Any]],
+    settings: ExperimentSettings,
+    context: dict[str, Any] | None = None,
+    trials: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """results.json: per-method summaries, differences to GRPO, the gate, the verdict, settings and context.
+
+    `context`: facts about the data and warm starts (`fair_trl.demo.run.context`); `trials`: the
+    instrument trial log as read when the report is written.
+    """
     grouped = _by_method(runs)
     finals = {m: [final_metrics(r) for r in rs] for m, rs in grouped.items()}
     reference = finals["grpo"]
     methods: dict[str, Any] = {}
     for method, values in finals.items():
         entry: dict[str, Any] = {
-            name: seed_summary([v[name] for v in values], settings.n_bootstrap) for name in HEADLINE_METRICS
+            name: seed_summary([v[name] for v in values], settings.n_bootstrap) for name in SUMMARY_METRICS
         }
         entry["label"] = METHODS[method].label
         entry["role"] = METHODS[method].role
@@ -61,22 +63,31 @@ def analyse(runs: list[dict[str, Any]], settings: ExperimentSettings) -> dict[st
             }
             for attribute in ATTRIBUTES
         }
-        entry["group_f1"] = _group_f1(grouped[method])
+        entry["group_f1"] = _group_values(grouped[method], "group_f1")
+        entry["group_exact"] = _group_values(grouped[method], "group_exact")
+        entry["distinct_answers"] = [r["checkpoints"][-1]["distinct_answers"] for r in grouped[method]]
         if method != "grpo":
             entry["vs_grpo"] = _versus(values, reference)
         methods[method] = entry
-    return {
+    context = dict(context or {})
+    if context.get("timing"):
+        # What the whole experiment costs from scratch: cached warm starts and runs as they cost when they ran.
+        recorded = sum(r["cpu_seconds"] for r in runs) + sum(w["cpu_seconds"] for w in context.get("warm_starts", []))
+        context["timing"] = {**context["timing"], "cpu_seconds_from_scratch": round(recorded, 1)}
+    results = {
         "methods": methods,
         "per_group_difference": {m: _per_group_difference(grouped[m], grouped["grpo"]) for m in grouped if m != "grpo"},
-        "verdict": _verdict(methods),
-        "settings": {**settings.to_dict(), "benchmark": "SyntheticConfig defaults", "planted": PLANTED_NOTE},
+        "settings": settings.to_dict(),
+        "context": context,
+        "instrument_trials": trials or [],
     }
+    results["gate"] = gate(results)
+    results["verdict"] = _verdict(methods, results["gate"])
+    return results
 
 
 def _versus(values: list[dict[str, float]], reference: list[dict[str, float]]) -> dict[str, Any]:
-    out = {
-        name: paired_difference([v[name] for v in values], [r[name] for r in reference]) for name in HEADLINE_METRICS
-    }
+    out = {name: paired_difference([v[name] for v in values], [r[name] for r in reference]) for name in SUMMARY_METRICS}
     base = float(np.mean([r["delta_f1"] for r in reference]))
     diff = out["delta_f1"]
     out["delta_f1_relative"] = {
@@ -86,14 +97,13 @@ def _versus(values: list[dict[str, float]], reference: list[dict[str, float]]) -
     return out
 
 
-def _group_f1(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """{attribute: {group: summary over seeds of the group's F1 (averaged over its datasets)}}."""
+def _group_values(runs: list[dict[str, Any]], key: str) -> dict[str, dict[str, Any]]:
+    """{attribute: {group: summary over seeds of the final checkpoint's `key` value of the group}}."""
     out: dict[str, dict[str, Any]] = {}
     for attribute in ATTRIBUTES:
-        groups = sorted({g for r in runs for g in r["checkpoints"][-1][attribute]["group_f1"]})
+        groups = sorted({g for r in runs for g in r["checkpoints"][-1][attribute][key]})
         out[attribute] = {
-            g: seed_summary([r["checkpoints"][-1][attribute]["group_f1"].get(g, np.nan) for r in runs], 0)
-            for g in groups
+            g: seed_summary([r["checkpoints"][-1][attribute][key].get(g, np.nan) for r in runs], 0) for g in groups
         }
     return out
 
@@ -112,46 +122,48 @@ def _per_group_difference(runs: list[dict[str, Any]], reference: list[dict[str, 
     return cells
 
 
-def _verdict(methods: dict[str, Any]) -> dict[str, Any]:
-    def meets(entry: dict[str, Any]) -> bool:
-        vs = entry["vs_grpo"]
-        return bool(
-            vs["delta_f1_relative"]["mean"] <= -AIM["delta_f1_reduction"]
-            and vs["f1"]["mean"] >= -AIM["max_f1_drop"]
-            and vs["delta_f1"]["ci"][1] < 0
-        )
-
-    reaching = [m for m, e in methods.items() if m != "grpo" and e["role"] != "control" and meets(e)]
-    control = methods.get("oracle_oversampling")
-    control_detects = (
-        None
-        if control is None
-        else excludes_zero(control["vs_grpo"]["delta_f1"]["ci"]) and (control["vs_grpo"]["delta_f1"]["mean"] < 0)
+def meets_aim(entry: dict[str, Any]) -> bool:
+    vs = entry["vs_grpo"]
+    return bool(
+        vs["delta_f1_relative"]["mean"] <= -AIM["delta_f1_reduction"]
+        and vs["f1"]["mean"] >= -AIM["max_f1_drop"]
+        and vs["delta_f1"]["ci"][1] < 0
     )
+
+
+def _verdict(methods: dict[str, Any], instrument: dict[str, Any]) -> dict[str, Any]:
+    """Per method against the aim, in plain words."""
     lines = []
-    if control is None:
+    reaching = []
+    for name, entry in methods.items():
+        if name == "grpo" or entry["role"] == "control":
+            continue
+        vs = entry["vs_grpo"]
+        rel, f1 = vs["delta_f1_relative"], vs["f1"]
+        if meets_aim(entry):
+            reaching.append(name)
+            outcome = "reaches the aim"
+        elif vs["delta_f1"]["ci"][0] > 0:
+            outcome = "widens the gap (interval above 0): a negative result"
+        elif vs["delta_f1"]["ci"][1] < 0:
+            outcome = "narrows the gap (interval below 0) but misses the aim"
+        else:
+            outcome = "no detectable change in the gap (interval spans 0): a null result"
         lines.append(
-            "No positive control was run, so a null result cannot be told apart from an insensitive benchmark."
+            f"{entry['label']}: ΔF1 {_relative(rel)} vs GRPO, F1 {_diff(f1)}: {outcome}."
+            + ("" if f1["mean"] >= -AIM["max_f1_drop"] else " F1 drops by more than 0.01.")
         )
-    else:
-        vs = control["vs_grpo"]["delta_f1"]
-        lines.append(
-            f"Positive control (oracle oversampling): Delta F1 {vs['mean']:+.3f} vs GRPO "
-            f"(95% CI {vs['ci'][0]:+.3f} to {vs['ci'][1]:+.3f}): "
-            + (
-                "the benchmark detects a gap reduction at this budget."
-                if control_detects
-                else "no gap reduction detected, so at this budget the benchmark cannot show one; read the "
-                "FairGRPO rows with that in mind."
-            )
-        )
+    head = (
+        "Aim: ΔF1 at least 30% below GRPO's, F1 at most 0.01 lower, and an interval on the ΔF1 difference "
+        "that excludes 0."
+    )
+    if not instrument["valid"]:
+        head += " The instrument is not valid at these settings, so none of this is evidence about the methods."
     if reaching:
-        names = ", ".join(methods[m]["label"] for m in reaching)
-        lines.append(f"Aim reached (Delta F1 >= 30% below GRPO, F1 at most 0.01 lower, interval excluding 0): {names}.")
+        tail = "Aim reached by: " + ", ".join(methods[m]["label"] for m in reaching) + "."
     else:
-        lines.append("Aim not reached: no method cuts Delta F1 by >= 30% vs GRPO at <= 0.01 lower F1 with an interval "
-                     "on the Delta F1 difference that excludes zero.")  # fmt: skip
-    return {"methods_reaching_aim": reaching, "positive_control_detects": control_detects, "text": "\n".join(lines)}
+        tail = "Aim not reached by any method."
+    return {"methods_reaching_aim": reaching, "text": "\n".join([head, *(f"- {line}" for line in lines), tail])}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -169,6 +181,8 @@ def _diff(d: dict[str, Any]) -> str:
 
 
 def _relative(rel: dict[str, Any]) -> str:
+    if not np.isfinite(rel["mean"]):
+        return "n/a (GRPO's ΔF1 is 0)"
     return f"{rel['mean']:+.0%} [{rel['ci'][0]:+.0%}, {rel['ci'][1]:+.0%}]"
 
 
@@ -176,60 +190,123 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header), *("| " + " | ".join(r) + " |" for r in rows)]
 
 
-def markdown(results: dict[str, Any], train_seconds: float | None = None) -> str:
+def _overrides(settings: dict[str, Any]) -> str:
+    return ", ".join(f"`{item}`" for item in settings["benchmark"]) or "none (SyntheticConfig defaults)"
+
+
+def _command(settings: dict[str, Any]) -> str:
+    """The `fair-trl demo` call that repeats these settings (only what differs from the defaults)."""
+    defaults = ExperimentSettings().to_dict()
+    parts = ["fair-trl demo"]
+    for name, value in settings.items():
+        if name not in defaults or value == defaults[name] or name == "workers":
+            continue
+        if name == "benchmark":
+            parts += [f"-b '{item}'" for item in value]
+        elif isinstance(value, list):
+            parts.append(f"--{name} {' '.join(map(str, value))}")
+        else:
+            parts.append(f"--{name} {value}")
+    return " ".join(parts)
+
+
+def _trial_rows(trials: list[dict[str, Any]]) -> list[list[str]]:
+    defaults = ExperimentSettings().to_dict()
+    rows = []
+    for i, trial in enumerate(trials, start=1):
+        changed = [
+            ("-b " + " -b ".join(v) if v else "no -b") if k == "benchmark" else f"{k}={v}"
+            for k, v in trial["settings"].items()
+            if v != defaults.get(k)
+        ]
+        diff = trial["control_vs_grpo_delta_f1"]
+        rows.append(
+            [
+                str(i),
+                "; ".join(changed) or "defaults",
+                f"{trial['grpo']['delta_f1']:.3f}",
+                f"{trial['control']['delta_f1']:.3f}",
+                f"{diff['mean']:+.3f} [{diff['ci'][0]:+.3f}, {diff['ci'][1]:+.3f}]",
+                "valid" if trial["valid"] else "invalid",
+                f"{trial['wall_seconds'] / 60:.1f}",
+            ]
+        )
+    return rows
+
+
+def _step0_table(context: dict[str, Any]) -> list[str]:
+    step0 = context.get("step0")
+    if not step0:
+        return []
+    groups = [(a, g) for a in ATTRIBUTES for g in step0["group_exact"][a]]
+    header = ["", *(f"{a}={g}" for a, g in groups), "planted", "other", "all", "in \\boxed{}"]
+    row = [
+        "exact-match accuracy",
+        *(f"{step0['group_exact'][a][g]:.3f}" for a, g in groups),
+        f"{step0['planted_exact'].get('planted', float('nan')):.3f}",
+        f"{step0['planted_exact'].get('other', float('nan')):.3f}",
+        f"{step0['exact']:.3f}",
+        f"{step0['boxed']:.3f}",
+    ]
+    f1 = ["F1 (suite)", *(f"{step0['group_f1'][a][g]:.3f}" for a, g in groups), "", "", "", ""]
+    return _table(header, [row, f1])
+
+
+def markdown(results: dict[str, Any]) -> str:
     methods = results["methods"]
     settings = results["settings"]
-    lines = ["# GRPO vs FairGRPO on the synthetic clinical benchmark", ""]
+    context = results.get("context", {})
+    data = context.get("data", {})
+    timing = context.get("timing", {})
+    lines = [results["gate"]["text"], "", "# GRPO vs FairGRPO on the synthetic clinical benchmark", ""]
     lines += [
-        "Reproduce: `make demo` (or `fair-trl demo`). Settings: "
-        f"{len(settings['methods'])} methods x {settings['seeds']} seeds, {settings['steps']} steps of "
-        f"{settings['prompts_per_step']} prompts x {settings['num_generations']} completions, learning rate "
-        f"{settings['learning_rate']}, synthetic benchmark at its defaults ({settings['num_rows']} rows, data seed "
-        f"{settings['data_seed']}), test split evaluated greedily every {settings['eval_every']} steps."
-        + (f" Training took {train_seconds / 60:.1f} min." if train_seconds else ""),
+        f"Reproduce: `{_command(settings)}` (`make demo` runs the defaults). Benchmark overrides: "
+        f"{_overrides(settings)}. {len(settings['methods'])} methods x {settings['seeds']} seeds; per seed a warm "
+        f"start of {settings['sft_steps']} SFT steps (batch {settings['sft_batch_size']}, lr "
+        f"{settings['sft_learning_rate']}) shared by every method, then {settings['steps']} RL steps of "
+        f"{settings['prompts_per_step']} prompts x {settings['num_generations']} completions (lr "
+        f"{settings['learning_rate']}, temperature {settings['temperature']}, at most "
+        f"{settings['max_completion_length']} tokens) with the strict `accuracy_reward`; the held-out set is "
+        f"answered greedily every {settings['eval_every']} steps.",
         "",
-        PLANTED_NOTE,
+    ]
+    if timing:
+        lines += [_timing_text(timing), ""]
+    lines += ["## Instrument", "", *_instrument_section(results), ""]
+    lines += ["## Benchmark", "", *_benchmark_section(context, data), ""]
+    lines += [
+        "## Warm start (step 0, mean over seeds)",
         "",
-        "## Verdict",
+        "What RL starts from: SFT on the pre-training part, which under-represents the disadvantaged groups.",
         "",
-        *results["verdict"]["text"].splitlines(),
+        *_step0_table(context),
         "",
+    ]
+    lines += ["## Verdict", "", *results["verdict"]["text"].splitlines(), ""]
+    lines += [
         "## Table 2: final checkpoint, mean ± std over seeds [95% bootstrap interval of the mean]",
         "",
-        "F1 and accuracy are the suite's (per-dataset group means); Delta F1, EOD and PP are each averaged over "
-        "the age and sex attributes.",
+        "F1 and accuracy are the suite's (one-vs-rest per class, per-dataset group means); ΔF1, EOD and PP are each "
+        "averaged over the age and sex attributes; exact is the share of answers naming exactly the reference labels.",
         "",
     ]
     lines += _table(
-        ["method", "F1", "Acc", "ΔF1", "EOD", "PP"],
-        [[e["label"], *(_pm(e[k]) for k in ("f1", "acc", "delta_f1", "eod", "pp"))] for e in methods.values()],
+        ["method", "F1", "Acc", "exact", "ΔF1", "EOD", "PP"],
+        [[e["label"], *(_pm(e[k]) for k in ("f1", "acc", "exact", "delta_f1", "eod", "pp"))] for e in methods.values()],
     )
-    lines += [
-        "",
-        "## Differences to GRPO (paired by seed; 95% t interval; * = excludes 0)",
-        "",
-    ]
+    lines += ["", "## Differences to GRPO (paired by seed; 95% t interval; * = excludes 0)", ""]
     rows = []
     for e in methods.values():
         if "vs_grpo" not in e:
             continue
         vs = e["vs_grpo"]
-        rel = vs["delta_f1_relative"]
-        rows.append(
-            [
-                e["label"],
-                e["role"],
-                _diff(vs["delta_f1"]),
-                _relative(rel),
-                _diff(vs["f1"]),
-                _diff(vs["acc"]),
-                _diff(vs["eod"]),
-                _diff(vs["pp"]),
-            ]
-        )
-    lines += _table(["method", "role", "ΔF1 diff", "ΔF1 change", "F1 diff", "Acc diff", "EOD diff", "PP diff"], rows)
-    lines += ["", "Ablation: the `variant` rows change one thing in FairGRPO each:", ""]
-    lines += [f"- {METHODS[m].label}: {METHODS[m].description}" for m in methods if METHODS[m].role == "variant"]
+        rows.append([e["label"], e["role"], _diff(vs["delta_f1"]), _relative(vs["delta_f1_relative"]),
+                     *(_diff(vs[k]) for k in ("f1", "exact", "eod", "pp"))])  # fmt: skip
+    lines += _table(["method", "role", "ΔF1 diff", "ΔF1 change", "F1 diff", "exact diff", "EOD diff", "PP diff"], rows)
+    variants = [m for m in methods if METHODS[m].role in ("variant", "baseline")]
+    if variants:
+        lines += ["", "Variants and baselines:", ""]
+        lines += [f"- {METHODS[m].label} ({METHODS[m].role}): {METHODS[m].description}" for m in variants]
     lines += ["", "## ΔF1 per attribute (mean ± std over seeds)", ""]
     lines += _table(
         ["method", *(f"ΔF1 {a}" for a in ATTRIBUTES), *(f"EOD {a}" for a in ATTRIBUTES)],
@@ -244,31 +321,119 @@ def markdown(results: dict[str, Any], train_seconds: float | None = None) -> str
             for e in methods.values()
         ],
     )  # fmt: skip
-    lines += ["", "## Per-group F1 (final checkpoint, mean over seeds; group F1 averaged over its datasets)", ""]
     groups = [(a, g) for a in ATTRIBUTES for g in methods["grpo"]["group_f1"][a]]
+    for key, title in (("group_f1", "F1 (suite)"), ("group_exact", "exact-match accuracy")):
+        lines += ["", f"## Per-group {title}, final checkpoint, mean over seeds", ""]
+        lines += _table(
+            ["method", *(f"{a}={g}" for a, g in groups)],
+            [[e["label"], *(f"{e[key][a].get(g, {'mean': float('nan')})['mean']:.3f}" for a, g in groups)]
+             for e in methods.values()],
+        )  # fmt: skip
+    lines += [
+        "",
+        "## Distinct answers of the final policy, per seed",
+        "",
+        "How many different label sets the greedy policy names over the held-out set (a policy collapsed onto "
+        "constant answers names a handful; the benchmark has "
+        f"{data.get('distinct_references', '?')} distinct reference answers).",
+        "",
+    ]
     lines += _table(
-        ["method", *(f"{a}={g}" for a, g in groups)],
-        [[e["label"], *(f"{e['group_f1'][a].get(g, {'mean': float('nan')})['mean']:.3f}" for a, g in groups)]
-         for e in methods.values()],
-    )  # fmt: skip
+        ["method", *(f"seed {s}" for s in range(settings["seeds"]))],
+        [[e["label"], *map(str, e["distinct_answers"])] for e in methods.values()],
+    )
     lines += [
         "",
         "## Plots",
         "",
-        "- `curves.png`: F1, accuracy and ΔF1 on the test split against step (the paper's Fig. 2 a-c).",
+        "- `curves.png`: F1, accuracy and ΔF1 on the held-out set against step (the paper's Fig. 2 a-c).",
         "- `pareto.png`: F1 against ΔF1 at every checkpoint, with the Pareto frontier (Fig. 2 e).",
+        "- `group_f1_curves.png`: per-group F1 on the held-out set against step, GRPO vs FairGRPO (RQ2).",
+        "- `group_weights.png`: the weight FairGRPO gave each demographic group's prompts against step.",
         "- `group_f1_difference.png`: per-group F1, FairGRPO minus GRPO, per dataset (Fig. 3).",
-        "- `group_curves.png`: training reward per demographic group against step, per method.",
-        "- `scale_factors.png`: the weight FairGRPO gave each demographic group's prompts against step.",
+        "- `train_reward.png`: training reward per demographic group against step, per method.",
         "",
         "![curves](curves.png)",
         "![pareto](pareto.png)",
+        "![group F1 curves](group_f1_curves.png)",
+        "![group weights](group_weights.png)",
         "![group F1 difference](group_f1_difference.png)",
-        "![group curves](group_curves.png)",
-        "![scale factors](scale_factors.png)",
+        "![training reward](train_reward.png)",
         "",
     ]
     return "\n".join(lines)
+
+
+def _timing_text(timing: dict[str, Any]) -> str:
+    text = (
+        f"Time: {timing['wall_seconds'] / 60:.1f} min wall clock on {timing['cpus']} CPU(s) with {timing['workers']} "
+        f"worker(s), warm starts included ({timing['warm_started']} trained, {timing['warm_cached']} from the cache; "
+        f"RL runs {timing.get('runs_trained', '?')} trained, {timing.get('runs_cached', 0)} from the cache); "
+        f"{timing['cpu_seconds'] / 60:.1f} CPU-minutes over all runs, so about "
+        f"{timing['cpu_seconds'] / timing['workers'] / 60:.1f} min on {timing['workers']} free cores. Load average "
+        f"during the run: {timing['load_average']:.1f}."
+    )
+    scratch = timing.get("cpu_seconds_from_scratch")
+    if scratch is not None and (timing["warm_cached"] or timing.get("runs_cached")):
+        text += (
+            f" From scratch, the cached parts counted as they cost when they ran: {scratch / 60:.1f} CPU-minutes, "
+            f"about {scratch / timing['workers'] / 60:.1f} min on {timing['workers']} free cores."
+        )
+    return text
+
+
+def _instrument_section(results: dict[str, Any]) -> list[str]:
+    trials = results.get("instrument_trials", [])
+    lines = [
+        results["gate"]["text"],
+        "",
+        "The gate: GRPO with oracle oversampling (planted-disadvantaged rows drawn as often as all others "
+        "together, knowledge no method has) must cut ΔF1 versus GRPO at the final checkpoint with a paired 95% "
+        "interval that excludes 0. Benchmark and budget were chosen by looking only at GRPO and this control: "
+        "`fair-trl demo --trial` runs just those two methods and appends its result to "
+        "`reports/demo/instrument_trials.jsonl`, which nothing else writes. Every trial in that log when this "
+        f"report was written ({len(trials)}), in order:",
+        "",
+    ]
+    if trials:
+        lines += _table(
+            ["#", "settings (differences from today's defaults)", "GRPO ΔF1", "control ΔF1",
+             "control - GRPO ΔF1 [95% CI]", "gate", "min"],
+            _trial_rows(trials),
+        )  # fmt: skip
+    else:
+        lines.append("(no trials logged)")
+    return lines
+
+
+def _benchmark_section(context: dict[str, Any], data: dict[str, Any]) -> list[str]:
+    truth = context.get("planted", {})
+    lines = []
+    if truth:
+        lines += [truth["description"], ""]
+        lines += ["Planted disadvantaged groups and their rules (label shift), per domain:", ""]
+        lines += _table(
+            ["domain", "groups (shift)", "best achievable exact accuracy per group"],
+            [
+                [
+                    domain,
+                    ", ".join(f"{g} ({r['shift']})" for g, r in info["rules"].items()) or "-",
+                    ", ".join(f"{g} {v:.2f}" for g, v in info["best_accuracy"].items()),
+                ]
+                for domain, info in truth["domains"].items()
+            ],
+        )
+        lines.append("")
+    if data:
+        parts = data["parts"]
+        lines.append(
+            "Rows (planted-disadvantaged by released demographics): "
+            + ", ".join(f"{name} {p['rows']} ({p['planted_disadvantaged']})" for name, p in parts.items())
+            + ". Held-out rows per group: "
+            + ", ".join(f"{g} {n}" for g, n in data["eval_group_rows"].items())
+            + "."
+        )
+    return lines
 
 
 def summary_markdown(results: dict[str, Any]) -> str:
@@ -277,49 +442,56 @@ def summary_markdown(results: dict[str, Any]) -> str:
     rows = []
     for e in results["methods"].values():
         vs = e.get("vs_grpo")
-        change = _relative(vs["delta_f1_relative"]) if vs else "-"
-        f1_diff = _diff(vs["f1"]) if vs else "-"
         rows.append(
             [
                 e["label"],
                 f"{e['f1']['mean']:.3f} ± {e['f1']['std']:.3f}",
                 f"{e['delta_f1']['mean']:.3f} ± {e['delta_f1']['std']:.3f}",
-                f"{e['eod']['mean']:.3f} ± {e['eod']['std']:.3f}",
-                f"{e['pp']['mean']:.3f} ± {e['pp']['std']:.3f}",
-                change,
-                f1_diff,
+                f"{e['exact']['mean']:.3f} ± {e['exact']['std']:.3f}",
+                _diff(vs["delta_f1"]) if vs else "-",
+                _relative(vs["delta_f1_relative"]) if vs else "-",
+                _diff(vs["f1"]) if vs else "-",
             ]
         )
     lines = [
-        f"{settings['seeds']} seeds x {settings['steps']} steps per method, mean ± std over seeds; changes are paired "
-        "by seed against GRPO with 95% t intervals (* = excludes 0).",
+        results["gate"]["text"],
         "",
-        *_table(["method", "F1", "ΔF1", "EOD", "PP", "ΔF1 vs GRPO", "F1 vs GRPO"], rows),
+        f"{settings['seeds']} seeds x {settings['steps']} RL steps per method after a shared {settings['sft_steps']}-"
+        f"step warm start; benchmark overrides: {_overrides(settings)}. Mean ± std over seeds at the final "
+        "checkpoint; changes are paired by seed against GRPO with 95% t intervals (* = excludes 0).",
+        "",
+        *_table(["method", "F1", "ΔF1", "exact", "ΔF1 vs GRPO", "ΔF1 change", "F1 vs GRPO"], rows),
         "",
         *results["verdict"]["text"].splitlines(),
     ]
+    timing = results.get("context", {}).get("timing")
+    if timing:
+        lines += ["", _timing_text(timing)]
     return "\n".join(lines) + "\n"
 
 
 def write_report(
-    runs: list[dict[str, Any]], settings: ExperimentSettings, output_dir: str | Path, train_seconds: float | None = None
+    runs: list[dict[str, Any]],
+    settings: ExperimentSettings,
+    output_dir: str | Path,
+    context: dict[str, Any] | None = None,
+    trial_log: str | Path | None = None,
 ) -> dict[str, Any]:
     from fair_trl.demo.plots import write_plots
 
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    results = analyse(runs, settings)
-    if train_seconds is not None:
-        results["settings"]["train_seconds"] = round(train_seconds, 1)
+    trials = read_trials(trial_log) if trial_log is not None else []
+    results = analyse(runs, settings, context, trials)
     (output_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    (output_dir / "report.md").write_text(markdown(results, train_seconds))
+    (output_dir / "report.md").write_text(markdown(results))
     (output_dir / "summary.md").write_text(summary_markdown(results))
     write_plots(runs, results, output_dir)
     return results
 
 
-def rebuild(output_dir: str | Path) -> dict[str, Any]:
+def rebuild(output_dir: str | Path, trial_log: str | Path | None = None) -> dict[str, Any]:
     """Rewrite the report and plots from the runs.json of an earlier demo."""
     saved = json.loads((Path(output_dir) / "runs.json").read_text())
     settings = ExperimentSettings(**saved["settings"])
-    return write_report(saved["runs"], settings, output_dir, train_seconds=saved.get("train_seconds"))
+    return write_report(saved["runs"], settings, output_dir, saved.get("context"), trial_log)

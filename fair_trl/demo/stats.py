@@ -1,7 +1,7 @@
-"""Seed-level statistics of the demo: final metrics per run, summaries over seeds, paired differences.
+"""Seed-level statistics of the demo: metrics per checkpoint, summaries over seeds, paired differences.
 
-Runs of different methods with the same seed share the data, the model's initial weights and the
-sampler's seed, so each method is compared with GRPO seed by seed (paired differences). Intervals:
+Runs of different methods with the same seed share the warm start, the data and the sampler's seed,
+so each method is compared with GRPO seed by seed (paired differences). Intervals:
 
 * a method's mean over seeds: percentile bootstrap over seeds (``n_bootstrap`` resamples);
 * a difference to GRPO: Student-t interval of the paired per-seed differences (with a handful of
@@ -16,12 +16,13 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from scipy import stats
 
-from fair_trl.demo.experiment import ATTRIBUTES
+from fair_trl.demo.evaluation import ATTRIBUTES
 
 __all__ = [
     "HEADLINE_METRICS",
+    "checkpoint_metrics",
+    "excludes_zero",
     "final_metrics",
     "paired_difference",
     "seed_summary",
@@ -32,11 +33,13 @@ HEADLINE_METRICS = {"f1": "f1", "acc": "acc", "delta_f1": "delta_f1", "eod": "EO
 
 
 def checkpoint_metrics(checkpoint: dict[str, Any]) -> dict[str, float]:
-    """Headline metrics of one checkpoint: each key's mean over the attributes (age, sex)."""
-    return {
+    """Headline metrics of one checkpoint (each the mean over age and sex) and the exact-match accuracy."""
+    out = {
         name: float(np.mean([checkpoint[attribute][key] for attribute in ATTRIBUTES]))
         for name, key in HEADLINE_METRICS.items()
     }
+    out["exact"] = float(checkpoint["exact"])
+    return out
 
 
 def final_metrics(run: dict[str, Any]) -> dict[str, float]:
@@ -58,6 +61,8 @@ def seed_summary(values: Sequence[float], n_bootstrap: int = 2000, seed: int = 0
 
 def paired_difference(method: Sequence[float], reference: Sequence[float]) -> dict[str, Any]:
     """Mean of per-seed differences method - reference, with a 95% Student-t interval."""
+    from scipy import stats
+
     d = np.asarray(method, dtype=float) - np.asarray(reference, dtype=float)
     if len(d) < 2:
         return {"mean": float(d.mean()), "ci": [math.nan, math.nan], "values": d.tolist()}
