@@ -188,9 +188,14 @@ def kmeans_elbow_pools(
                 active, d2, new_labels = active[moved], d2[:, :, moved], new_labels[:, moved]
                 if not active.size:
                     break
-        labels[:, active] = new_labels
+        everyone = len(active) == n_fits
+        if everyone:
+            labels[:] = new_labels
+        else:
+            labels[:, active] = new_labels
         bins = ((new_labels + active * k_max)[:, :, None] * (dim + 1) + columns).reshape(-1)
-        sums = np.bincount(bins, weights=weighted[:, active].reshape(-1), minlength=n_fits * k_max * (dim + 1))
+        moving = weighted if everyone else weighted[:, active]
+        sums = np.bincount(bins, weights=moving.reshape(-1), minlength=n_fits * k_max * (dim + 1))
         sums = sums.reshape(-1, dim + 1)
         mass = sums[:, dim]
         filled = mass > 0  # an emptied cluster keeps its old centre

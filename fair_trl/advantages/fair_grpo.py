@@ -239,9 +239,6 @@ class FairGRPOAdvantage:
             r = grouped.cpu().numpy().astype(np.float64)  # a copy, exact from either
         else:
             r = grouped.to("cpu", torch.float64).numpy().copy()
-        # An infinite reward cannot be normalised or summed into the running statistics: it is
-        # unscorable, like NaN (the trainer counts and reports such rewards before they get here).
-        r[np.isinf(r)] = np.nan
         prompt_domains = per_prompt(domains, num_generations, len(r), "domains")
         prompt_groups = per_prompt(groups, num_generations, len(r), "groups")
         if not self.use_demographics:
@@ -253,9 +250,18 @@ class FairGRPOAdvantage:
         # One column per prompt (G x P): a prompt's sums over its rollouts are then a few whole-row
         # additions (`pairwise_sum`, in the order numpy sums each prompt's row) instead of P reductions.
         columns = np.ascontiguousarray(r.T)
-        valid = ~np.isnan(columns)
-        n_valid = valid.sum(axis=0)
-        filled = np.where(valid, columns, 0.0)
+        # An infinite reward cannot be normalised or summed into the running statistics: it is
+        # unscorable, like NaN (the trainer counts and reports such rewards before they get here).
+        valid = np.isfinite(columns)
+        everything = bool(valid.all())  # the common case: nothing to mask
+        if everything:
+            n_valid = np.full(len(r), num_generations)
+            filled = columns
+        else:
+            columns[~valid] = np.nan
+            r = columns.T
+            n_valid = valid.sum(axis=0)
+            filled = np.where(valid, columns, 0.0)
         reward_sums = pairwise_sum(filled)
         scored = np.flatnonzero(n_valid > 0)
         domain_ids = self._domains.encode(prompt_domains)
@@ -263,7 +269,7 @@ class FairGRPOAdvantage:
         self._grow()
         group_ids = self._group_ids(domain_ids, name_ids, scored)
 
-        s = self._normalise_within_prompt(columns, valid, n_valid, reward_sums)
+        s = self._normalise_within_prompt(columns, None if everything else valid, n_valid, reward_sums)
         self._accumulate(domain_ids[scored], group_ids[scored], reward_sums[scored], n_valid[scored])
         unlabeled = scored[group_ids[scored] < 0]
         cluster_n, cluster_mean, n_clusters = self._discover_groups(r, domain_ids, unlabeled)
@@ -283,25 +289,30 @@ class FairGRPOAdvantage:
             divisors[scored] = np.maximum(divisors[scored], divisors[scored].max() / self.max_weight_ratio)
 
         scaled = np.ascontiguousarray((s / divisors).T)  # eq. 2: s' = s / max(T_g * T_gamma, epsilon)
-        # The renormalisation: every s' divided by the unbiased std of all scored s' in the batch.
-        scored_rollouts = valid.T
-        batch_std = float(np.std(scaled[scored_rollouts], ddof=1)) if n_valid.sum() > 1 else 0.0
+        # The renormalisation: every s' divided by the unbiased std of all scored s' in the batch (in
+        # the order of the flat batch, as np.std sums them).
+        scored_scaled = scaled.reshape(-1) if everything else scaled[valid.T]
+        batch_std = float(np.std(scored_scaled, ddof=1)) if scored_scaled.size > 1 else 0.0
         if batch_std > 0 and math.isfinite(batch_std):
             advantages = scaled / batch_std
         else:  # no prompt carries signal: every s is 0
             advantages = np.zeros_like(scaled)
             batch_std = 0.0
-        advantages[~scored_rollouts] = 0.0
+        if not everything:
+            advantages[~valid.T] = 0.0
 
         signal = scored[s.any(axis=0)[scored]]
         self._record_info(domain_ids, name_ids, divisors, batch_std, scored, signal, n_clusters)
         return torch.from_numpy(advantages.reshape(-1)).to(dtype=rewards.dtype, device=rewards.device)
 
     def _normalise_within_prompt(
-        self, columns: np.ndarray, valid: np.ndarray, n_valid: np.ndarray, reward_sums: np.ndarray
+        self, columns: np.ndarray, valid: np.ndarray | None, n_valid: np.ndarray, reward_sums: np.ndarray
     ) -> np.ndarray:
-        """(i): s = (r - mean(r)) / (std(r) + norm_epsilon) over each prompt's scored rollouts (a column)."""
-        everything = bool(valid.all())  # the common case: no masking needed
+        """(i): s = (r - mean(r)) / (std(r) + norm_epsilon) over each prompt's scored rollouts (a column).
+
+        ``valid``: which rewards are scored, None when all are.
+        """
+        everything = valid is None
         mean = reward_sums / np.maximum(n_valid, 1)
         centred = columns - mean if everything else np.where(valid, columns - mean, 0.0)
         # Unbiased std as torch.std and TRL use; a prompt with < 2 scored rollouts has none, so s = 0.
