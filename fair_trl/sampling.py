@@ -5,6 +5,10 @@ in expectation every (domain, group) cell supplies the same number of prompts pe
 demographics form their domain's "unknown" cell. The draw keeps TRL's `RepeatSampler` layout (each
 prompt repeated `num_generations` times, chunks repeated for `steps_per_generation`), and all
 processes draw the same indices from the same seed.
+
+Both samplers here know their epoch (`set_epoch`): epoch e's order is the (e + 1)-th draw from the
+seed, exactly what an unbroken run draws, so a run resumed in a later epoch sees the same prompts as
+the run it continues. TRL's `RepeatSampler` draws from a generator that only a whole run advances.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import numpy as np
 import torch
 from trl.trainer.utils import RepeatSampler
 
-__all__ = ["BalancedRepeatSampler", "balanced_weights", "column_weights"]
+__all__ = ["BalancedRepeatSampler", "EpochRepeatSampler", "balanced_weights", "column_weights"]
 
 
 def balanced_weights(domains: Sequence[str], groups: Sequence[str | None]) -> np.ndarray:
@@ -46,7 +50,24 @@ def column_weights(dataset, column: str) -> np.ndarray:
     return weights / weights.sum()
 
 
-class BalancedRepeatSampler(RepeatSampler):
+class EpochRepeatSampler(RepeatSampler):
+    """TRL's `RepeatSampler`, same order epoch for epoch, whose `set_epoch(e)` puts it at epoch e's order."""
+
+    def _draw(self) -> list[int]:
+        return torch.randperm(self.num_samples, generator=self.generator).tolist()
+
+    def set_epoch(self, epoch: int) -> None:
+        generator = getattr(self, "generator", None)
+        if generator is None or self.seed is None:  # unshuffled, or unseeded: nothing to replay
+            return
+        generator.manual_seed(self.seed)
+        # Replay the earlier epochs' draws rather than reseed per epoch, so an unbroken run keeps
+        # TRL's own order; one draw per epoch is a small cost beside an epoch of generation.
+        for _ in range(epoch):
+            self._draw()
+
+
+class BalancedRepeatSampler(EpochRepeatSampler):
     """TRL's `RepeatSampler`, with each epoch's index order drawn by `weights` with replacement."""
 
     def __init__(self, weights: np.ndarray, **kwargs):
@@ -59,9 +80,11 @@ class BalancedRepeatSampler(RepeatSampler):
         if self.seed is not None:
             self.generator.manual_seed(self.seed)
 
+    def _draw(self) -> list[int]:
+        return torch.multinomial(self.weights, self.num_samples, replacement=True, generator=self.generator).tolist()
+
     def __iter__(self):
-        indexes = torch.multinomial(self.weights, self.num_samples, replacement=True, generator=self.generator)
-        indexes = indexes.tolist()
+        indexes = self._draw()
         chunks = [indexes[i : i + self.batch_size] for i in range(0, len(indexes), self.batch_size)]
         for chunk in chunks:
             if len(chunk) < self.batch_size:

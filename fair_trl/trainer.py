@@ -19,11 +19,13 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
-from accelerate.utils import gather_object
+from accelerate.utils import DistributedType, broadcast_object_list, gather_object
+from datasets import IterableDataset as StreamingDataset
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import GRPOTrainer
 
-from fair_trl.advantages import FairGRPOAdvantage, Stateful, get_spec
+from fair_trl.advantages import FairGRPOAdvantage, Stateful, get_spec, nanstd, zero_signal
+from fair_trl.checkpoints import load_converted_weights
 from fair_trl.config import FairGRPOConfig
 from fair_trl.groups import GroupKeyer, domain_key
 from fair_trl.model_card import (
@@ -35,7 +37,8 @@ from fair_trl.model_card import (
 )
 from fair_trl.rewards import completion_text, extract_answer
 from fair_trl.rollout_fairness import Rollout, fairness_results, flatten_results
-from fair_trl.sampling import BalancedRepeatSampler, balanced_weights, column_weights
+from fair_trl.sampling import BalancedRepeatSampler, EpochRepeatSampler, balanced_weights, column_weights
+from fair_trl.vllm_compat import adapt_vllm_generation, to_vllm_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -63,12 +66,26 @@ class FairGRPOTrainer(GRPOTrainer):
             raise TypeError(f"FairGRPOTrainer needs args=FairGRPOConfig(...), got {type(config).__name__}")
         self.estimator_spec = get_spec(config.advantage_estimator)
         self.estimator = self.estimator_spec.factory(config)
+        _check_sampling(bound.arguments.get("train_dataset"), config)
         if self.estimator.needs_groups or config.balanced_sampling:
             _check_columns(bound.arguments.get("train_dataset"), config)
 
         super().__init__(*bound.args[1:], **bound.kwargs)
+        _check_launch(self.accelerator)
+        if getattr(self, "vllm_generation", None) is not None:
+            adapt_vllm_generation(self.vllm_generation, self._model_type())
 
         self.group_keyer = GroupKeyer.from_config(config)
+        # Whether the batch being scored started in training or evaluation (see _generate_and_score_completions).
+        self._scoring_mode = "train"
+        # The checkpointed states as they were when the current generation batch began, kept only when a
+        # checkpoint can fall inside a generation batch (see _save_checkpoint).
+        self._generation_start: dict[str, Any] | None = None
+        # The train dataloader's sampler, whose epoch _run_epoch sets.
+        self._train_sampler: Any = None
+        # Evaluation rollouts gathered so far in this evaluation and how many the eval sampler really holds.
+        self._eval_position = 0
+        self._eval_total: int | None = None
         self._last_rewards_per_func: torch.Tensor | None = None
         # Rollouts scored since the last fairness log, per mode; a keyer of their own keeps the
         # estimator's missing/invalid counts from being counted twice, sharing its warnings.
@@ -106,15 +123,29 @@ class FairGRPOTrainer(GRPOTrainer):
         return self._last_rewards_per_func
 
     def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
-        output = super()._generate_and_score_completions(inputs)
+        # TRL's continuous-batching generation calls model.train() even while evaluating: what this batch is
+        # (and what evaluation goes on in afterwards) is the mode it started in.
+        training = self.model.training
+        self._scoring_mode = "train" if training else "eval"
+        try:
+            output = super()._generate_and_score_completions(inputs)
+        finally:
+            if self.model.training != training:
+                self.model.train(training)
+        self._log_scorable_rewards(self._scoring_mode)
         # Evaluation batches keep TRL's advantages: they train nothing and must not move the
         # estimator's running statistics. An estimator that reproduces TRL's advantages leaves them alone
         # when TRL normalises per reward function, which it alone implements.
-        if not self.model.training or (
+        if not training or (
             self.estimator_spec.keeps_trl_advantages and self.multi_objective_aggregation != "sum_then_normalize"
         ):
             return output
         rewards = self._summed_rewards()
+        # TRL's frac_reward_zero_std is one whole-batch figure under scale_rewards="batch"; this is per prompt.
+        no_signal = zero_signal(rewards, self.num_generations)
+        self._metrics["train"]["fair/frac_zero_signal"].append(no_signal.float().mean().item())
+        if self._checkpoints_can_split_generation_batches():
+            self._generation_start = self._checkpointed_states()
         advantages = self._compute_advantages(rewards, inputs).to(rewards.device)
         start = self.accelerator.process_index * len(inputs)
         output["advantages"] = advantages[start : start + len(inputs)]
@@ -124,29 +155,51 @@ class FairGRPOTrainer(GRPOTrainer):
     def _summed_rewards(self) -> torch.Tensor:
         """The same weighted sum TRL's "sum_then_normalize" path forms, NaN for unscorable rows.
 
-        An infinite reward makes its completion unscorable (NaN): it would otherwise zero the whole
-        batch's advantages and the running statistics of its domain for good. It is counted in
-        ``fair/nonfinite_rewards`` and warned about once per reward function.
+        A completion with an infinite reward from any reward function is unscorable (NaN), whatever the
+        others returned: it would otherwise zero the whole batch's advantages and the running statistics
+        of its domain for good, and summing the other functions alone would score it on part of its
+        reward. It is counted in ``fair/nonfinite_rewards`` and warned about once per reward function.
         """
         per_func = self._last_rewards_per_func
         assert per_func is not None, "_calculate_rewards did not run"
         infinite = torch.isinf(per_func)
-        if infinite.any():
-            per_func = per_func.masked_fill(infinite, torch.nan)
-            for i in torch.nonzero(infinite.any(dim=0)).flatten().tolist():
-                name = self.reward_func_names[i]
-                if name not in self._warned_nonfinite:
-                    self._warned_nonfinite.add(name)
-                    logger.warning(
-                        "Reward function %r returned inf for some completions; they are treated as unscorable "
-                        "(advantage 0). Further ones are only counted in fair/nonfinite_rewards.",
-                        name,
-                    )
+        for i in torch.nonzero(infinite.any(dim=0)).flatten().tolist():
+            name = self.reward_func_names[i]
+            if name not in self._warned_nonfinite:
+                self._warned_nonfinite.add(name)
+                logger.warning(
+                    "Reward function %r returned inf for some completions; they are treated as unscorable "
+                    "(advantage 0) whatever the other reward functions returned. Further ones are only counted in "
+                    "fair/nonfinite_rewards.",
+                    name,
+                )
         self._metrics["train"]["fair/nonfinite_rewards"].append(float(infinite.any(dim=1).sum()))
+        return self._scorable_sum(per_func)
+
+    def _scorable_sum(self, per_func: torch.Tensor) -> torch.Tensor:
+        per_func = per_func.masked_fill(torch.isinf(per_func).any(dim=1, keepdim=True), torch.nan)
         unscorable = torch.isnan(per_func).all(dim=1)
         rewards = (per_func * self.reward_weights.to(per_func.device).unsqueeze(0)).nansum(dim=1)
         rewards[unscorable] = torch.nan
         return rewards
+
+    def _log_scorable_rewards(self, mode: str) -> None:
+        """Replace the reward figures TRL just logged for this batch when an infinite reward made them inf or NaN.
+
+        ``reward`` and ``reward_std`` then leave out the unscorable completions, as training does; each
+        ``rewards/<function>/*`` leaves out that function's infinite values.
+        """
+        per_func = self._last_rewards_per_func
+        if per_func is None or not torch.isinf(per_func).any():
+            return
+        metrics = self._metrics[mode]
+        finite = per_func.masked_fill(torch.isinf(per_func), torch.nan)
+        for i, name in enumerate(self.reward_func_names):
+            metrics[f"rewards/{name}/mean"][-1] = torch.nanmean(finite[:, i]).item()
+            metrics[f"rewards/{name}/std"][-1] = nanstd(finite[:, i]).item()
+        rewards = self._scorable_sum(per_func)
+        metrics["reward"][-1] = torch.nanmean(rewards).item()
+        metrics["reward_std"][-1] = nanstd(rewards).item()
 
     def _replace_logged_advantages(self, advantages: list[float]) -> None:
         # TRL appended its own advantages for this batch to the completions table before we replaced
@@ -187,9 +240,20 @@ class FairGRPOTrainer(GRPOTrainer):
     # -- sampling -------------------------------------------------------------------------------
 
     def _get_train_sampler(self, dataset=None):
+        self._train_sampler = self._build_train_sampler(dataset if dataset is not None else self.train_dataset)
+        return self._train_sampler
+
+    def _build_train_sampler(self, dataset):
         if not (self.args.balanced_sampling or self.args.sampling_weight_column):
-            return super()._get_train_sampler(dataset)
-        dataset = dataset if dataset is not None else self.train_dataset
+            # TRL's own sampler, as TRL builds it, but one that can be put at any epoch's order.
+            return EpochRepeatSampler(
+                data_source=dataset,
+                mini_repeat_count=self.num_generations,
+                batch_size=self.args.generation_batch_size // self.num_generations,
+                repeat_count=self.num_iterations * self.args.steps_per_generation,
+                shuffle=self.shuffle_dataset,
+                seed=self.args.seed,
+            )
         if self.args.sampling_weight_column:
             weights = column_weights(dataset, self.args.sampling_weight_column)
         else:
@@ -208,29 +272,54 @@ class FairGRPOTrainer(GRPOTrainer):
             seed=self.args.seed,
         )
 
+    def _run_epoch(self, *args: Any, **kwargs: Any) -> Any:
+        # A run resumed in a later epoch must draw that epoch's order, not the first epoch's. accelerate
+        # forwards set_epoch to the sampler through some of its wrappers only (not through the one that
+        # skips the trained batches of a multi-process resume), so the epoch is set here too.
+        epoch = kwargs.get("epoch")
+        if epoch is not None and hasattr(self._train_sampler, "set_epoch"):
+            self._train_sampler.set_epoch(epoch)
+        return super()._run_epoch(*args, **kwargs)
+
     # -- fairness logging -----------------------------------------------------------------------
 
     def _record_rollouts(self, inputs: list[dict[str, Any]], completions: list[Any]) -> None:
-        if self.model.training and (self.args.fairness_logging_steps <= 0 or not self.args.demographic_columns):
+        mode = self._scoring_mode
+        if not self.args.demographic_columns or (mode == "train" and self.args.fairness_logging_steps <= 0):
             return  # nothing would ever log (and clear) the buffer
-        solution = self.args.solution_column
-        buffer = self._rollouts["train" if self.model.training else "eval"]
-        for row, completion in zip(inputs, completions, strict=True):
-            reference = row.get(solution)
-            if reference is None:
-                continue
-            groups = {c: self._fairness_keyer.attribute(c, row.get(c)) for c in self.args.demographic_columns}
-            answer = extract_answer(completion_text(completion))
-            buffer.append(Rollout(answer, str(reference), domain_key(row, self.args.domain_column), groups))
+        rollouts = [self._rollout(row, completion) for row, completion in zip(inputs, completions, strict=True)]
+        if mode == "eval":
+            # Gathered batch by batch, in the eval sampler's order: with several processes accelerate pads the
+            # last batches with copies of the first rows (even_batches), and those come after every real row.
+            rollouts = gather_object(rollouts)
+            start, self._eval_position = self._eval_position, self._eval_position + len(rollouts)
+            if self._eval_total is not None:
+                rollouts = rollouts[: max(self._eval_total - start, 0)]
+        self._rollouts[mode].extend(r for r in rollouts if r is not None)
+
+    def _rollout(self, row: dict[str, Any], completion: Any) -> Rollout | None:
+        reference = row.get(self.args.solution_column)
+        if reference is None:
+            return None
+        groups = {c: self._fairness_keyer.attribute(c, row.get(c)) for c in self.args.demographic_columns}
+        answer = extract_answer(completion_text(completion))
+        return Rollout(answer, str(reference), domain_key(row, self.args.domain_column), groups)
 
     def _fairness_logs(self, mode: str) -> dict[str, float]:
         """The fairness metrics of every process's rollouts since the last call; clears the buffer."""
-        rollouts = gather_object(self._rollouts[mode])
+        # Evaluation rollouts were gathered batch by batch (_record_rollouts); training ones are gathered here.
+        rollouts = self._rollouts[mode] if mode == "eval" else gather_object(self._rollouts[mode])
         self._rollouts[mode] = []
         results = fairness_results(rollouts, self.args.demographic_columns)
         if results:
             self.fairness_results[mode] = results
         return flatten_results(results)
+
+    def get_eval_dataloader(self, eval_dataset: Any = None) -> Any:
+        dataloader = super().get_eval_dataloader(eval_dataset)
+        self._eval_position = 0
+        self._eval_total = _sampler_length(dataloader)
+        return dataloader
 
     def _maybe_log_save_evaluate(self, *args: Any, **kwargs: Any) -> None:
         # Right after each optimizer step (and once more at an epoch's end, at the same step): the
@@ -334,6 +423,29 @@ class FairGRPOTrainer(GRPOTrainer):
 
     # -- checkpoints ----------------------------------------------------------------------------
 
+    def _model_type(self) -> str | None:
+        return getattr(getattr(self.accelerator.unwrap_model(self.model), "config", None), "model_type", None)
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        super().save_model(output_dir, _internal_call)
+        # Weights under the names vLLM's loaders read (transformers reads both), so the saved or pushed
+        # model can be served with vLLM. Checkpoints keep transformers' names: resuming reads them raw.
+        if self.args.should_save and not self._saving_checkpoint:
+            to_vllm_checkpoint(output_dir or self.args.output_dir, self._model_type())
+
+    _saving_checkpoint = False
+
+    def _checkpoints_can_split_generation_batches(self) -> bool:
+        # Checkpoints fall on optimizer steps; TRL generates every steps_per_generation * num_iterations
+        # micro-batches, so unless an optimizer step is a whole number of generation batches, some do.
+        return self.args.gradient_accumulation_steps % (self.args.steps_per_generation * self.num_iterations) != 0
+
+    def _checkpointed_states(self) -> dict[str, Any]:
+        states = {GROUP_KEYER_STATE_FILE: self.group_keyer.state_dict()}
+        if isinstance(self.estimator, Stateful):
+            states[ESTIMATOR_STATE_FILE] = self.estimator.state_dict()
+        return states
+
     def _save_checkpoint(self, model, trial):
         # Written before transformers writes trainer_state.json and rotates old checkpoints: a checkpoint
         # that looks complete to `get_last_checkpoint` then always holds the estimator's state too.
@@ -342,37 +454,75 @@ class FairGRPOTrainer(GRPOTrainer):
                 self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
             )
             os.makedirs(folder, exist_ok=True)
-            if isinstance(self.estimator, Stateful):
-                _write_json_atomically(os.path.join(folder, ESTIMATOR_STATE_FILE), self.estimator.state_dict())
-            _write_json_atomically(os.path.join(folder, GROUP_KEYER_STATE_FILE), self.group_keyer.state_dict())
-        super()._save_checkpoint(model, trial)
+            states = self._checkpointed_states()
+            inside_generation_batch = self._step % (self.args.steps_per_generation * self.num_iterations) != 0
+            if inside_generation_batch and self._generation_start is not None:
+                # TRL checkpoints no generation buffer, so a resume from here generates this batch again and
+                # the estimator sees it a second time: the checkpoint holds the states from before it.
+                states = self._generation_start
+            for name, state in states.items():
+                _write_json_atomically(os.path.join(folder, name), state)
+        self._saving_checkpoint = True
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self._saving_checkpoint = False
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+        if not (self.is_fsdp_enabled or self.is_deepspeed_enabled):
+            target = self.accelerator.unwrap_model(model if model is not None else self.model)
+            if load_converted_weights(target, resume_from_checkpoint):
+                logger.info("Loaded %s with from_pretrained: its names differ from the model's", resume_from_checkpoint)
 
     def _load_optimizer_and_scheduler(self, checkpoint):
         super()._load_optimizer_and_scheduler(checkpoint)
         if checkpoint is None:
             return
-        keyer_path = os.path.join(checkpoint, GROUP_KEYER_STATE_FILE)
-        if os.path.exists(keyer_path):
-            with open(keyer_path) as f:
-                self.group_keyer.load_state_dict(json.load(f))
+        states = [_read_json(os.path.join(checkpoint, name)) for name in (GROUP_KEYER_STATE_FILE, ESTIMATOR_STATE_FILE)]
+        if self.accelerator.num_processes > 1:
+            # Only the saving process wrote these (one per node with save_on_each_node). Without a filesystem
+            # shared by all nodes the others would find none and resume from fresh statistics, computing other
+            # advantages than process 0: process 0's copy is the run's.
+            broadcast_object_list(states, from_process=0)
+        keyer_state, estimator_state = states
+        if keyer_state is not None:
+            self.group_keyer.load_state_dict(keyer_state)
         if not isinstance(self.estimator, Stateful):
             return
-        path = os.path.join(checkpoint, ESTIMATOR_STATE_FILE)
-        if not os.path.exists(path):
+        if estimator_state is None:
             logger.warning(
                 "%s has no %s: the advantage estimator's running statistics start afresh from this resume",
                 checkpoint,
                 ESTIMATOR_STATE_FILE,
             )
             return
-        with open(path) as f:
-            self.estimator.load_state_dict(json.load(f))
+        self.estimator.load_state_dict(estimator_state)
 
 
 def _write_json_atomically(path: str, value: Any) -> None:
     with open(path + ".tmp", "w") as f:
         json.dump(value, f)
     os.replace(path + ".tmp", path)
+
+
+def _read_json(path: str) -> Any:
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def _sampler_length(dataloader: Any) -> int | None:
+    """Samples in a (possibly accelerate-wrapped) dataloader's sampler, without padding; None if unknown."""
+    batch_sampler = getattr(dataloader, "batch_sampler", None)
+    while batch_sampler is not None and not hasattr(batch_sampler, "sampler"):
+        batch_sampler = getattr(batch_sampler, "batch_sampler", None)
+    sampler = getattr(batch_sampler, "sampler", None)
+    try:
+        return len(sampler)
+    except TypeError:  # an iterable dataset's sampler has no length
+        return None
 
 
 def _sampler_of(args: FairGRPOConfig) -> str | None:
@@ -391,6 +541,43 @@ def _base_model_id(model: Any) -> str:
             return str(name)
     config = getattr(model, "config", None)
     return str(getattr(config, "_name_or_path", "") or "unknown")
+
+
+def _check_sampling(dataset: Any, config: FairGRPOConfig) -> None:
+    """A sampler setting needs a dataset transformers draws with a sampler: refuse it for a stream."""
+    if not (config.balanced_sampling or config.sampling_weight_column):
+        return
+    if isinstance(dataset, (torch.utils.data.IterableDataset, StreamingDataset)):
+        setting = (
+            "balanced_sampling=True"
+            if config.balanced_sampling
+            else f"sampling_weight_column={config.sampling_weight_column!r}"
+        )
+        raise ValueError(
+            f"{setting} needs a map-style train_dataset, got {type(dataset).__name__}: transformers draws an "
+            "iterable dataset in stream order and never asks for a sampler, so the setting would be ignored. Load "
+            "the data as a datasets.Dataset (no streaming), or unset it and weight the stream yourself"
+        )
+
+
+def _check_launch(accelerator: Any) -> None:
+    """Refuse a launch whose processes would each train alone; warn when FSDP was asked for and is not used."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        world_size = torch.distributed.get_world_size()
+        if world_size != accelerator.num_processes:
+            raise RuntimeError(
+                f"launched as {world_size} processes, but accelerate set up a {accelerator.num_processes}-process "
+                f"run ({accelerator.distributed_type}): each process would train alone on the whole data and write "
+                "the same output_dir. On a machine without GPUs pass use_cpu=True (--use_cpu true) for CPU "
+                "processes (gloo); otherwise check that every process sees its GPU"
+            )
+    asked_for_fsdp = os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
+    if asked_for_fsdp and accelerator.distributed_type != DistributedType.FSDP:
+        logger.warning(
+            "The accelerate config asks for FSDP, but accelerate set up %s: FSDP is enabled for GPU-class devices "
+            "only, so the model is replicated on every process (DDP), not sharded",
+            accelerator.distributed_type,
+        )
 
 
 def _check_columns(dataset: Any, config: FairGRPOConfig) -> None:

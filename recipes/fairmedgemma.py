@@ -166,7 +166,8 @@ def main(script_args: FairMedGemmaScriptArguments, training_args: FairGRPOConfig
         # Uploads the output directory: model, processor and the card (re-written by create_model_card).
         trainer.push_to_hub(dataset_name=data_name)
         trainer.accelerator.print(f"Pushed to https://huggingface.co/{trainer.hub_model_id}")
-    trainer.end()
+    # Trainer.end() only exists from transformers 5.18; it is exactly this call.
+    trainer.accelerator.end_training()
 
 
 def make_parser() -> TrlParser:

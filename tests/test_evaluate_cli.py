@@ -108,3 +108,18 @@ def test_console_script_runs(tmp_path):
     assert "Summary (Table 2 style)" in done.stdout
     missing = subprocess.run([str(script), "evaluate", str(tmp_path / "nope.jsonl")], capture_output=True, text=True)
     assert missing.returncode == 2 and "nope.jsonl" in missing.stderr
+
+
+def test_age_bins_audit_a_run_trained_with_custom_bins(tmp_path, capsys):
+    pred = write(tmp_path / "pred.jsonl", LINES)
+    out_json = tmp_path / "fair.json"
+    assert main(["evaluate", str(pred), "--age-bins", "40", "65", "--json", str(out_json)]) == 0
+    age = json.loads(out_json.read_text())["attributes"]["age"]
+    # Ages 45, 80, 30, 70 (070Y), 66, 20 with bounds 40 and 65: a1 = 30, 20; a2 = 45; a3 = 80, 70, 66.
+    assert {g: v["n"] for g, v in age["group_values"].items()} == {"a1": 2, "a2": 1, "a3": 3}
+    assert main(["evaluate", str(pred), "--json", str(out_json)]) == 0
+    default = json.loads(out_json.read_text())["attributes"]["age"]
+    assert {g: v["n"] for g, v in default["group_values"].items()} == {"a1": 1, "a2": 2, "a3": 2, "a4": 1}
+    capsys.readouterr()
+    assert main(["evaluate", str(pred), "--age-bins", "65", "40"]) == 2
+    assert "not greater than the previous bound" in capsys.readouterr().err

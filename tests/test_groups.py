@@ -493,3 +493,30 @@ def test_parse_age_results_are_finite():
     for value in ["053Y", "006M", 45, " 45.0 "]:
         age = parse_age(value)
         assert age is not None and math.isfinite(age)
+
+
+def test_from_config_and_sibling_share_warnings_but_not_counts(caplog):
+    from types import SimpleNamespace
+
+    config = SimpleNamespace(demographic_columns=["sex", "age"], age_bins=[30.0, 60.0], max_age=100)
+    keyer = GroupKeyer.from_config(config)
+    assert keyer.columns == ("sex", "age") and keyer.age_bins == (30.0, 60.0) and keyer.max_age == 100.0
+    sibling = keyer.sibling()
+    with caplog.at_level(logging.WARNING, logger="fair_trl.groups"):
+        assert keyer.key({"sex": "X", "age": 20}) == "age=a1"
+        assert sibling.key({"sex": "Y", "age": 70}) == "age=a3"
+    assert sum("Column 'sex' has an invalid value" in r.getMessage() for r in caplog.records) == 1
+    assert keyer.summary()["invalid"]["sex"] == 1 and sibling.summary()["invalid"]["sex"] == 1
+    # A resumed keyer restores its warnings in place, so its siblings still share them.
+    keyer.load_state_dict({**keyer.summary(), "warned": ["age"]})
+    assert sibling.state_dict()["warned"] == ["age"]
+
+
+def test_domain_key_is_the_one_rule_for_domains():
+    from fair_trl.groups import ALL_DOMAINS, UNKNOWN, domain_key
+
+    assert domain_key({"dataset": " ham10000 "}, "dataset") == "ham10000"
+    for blank in (None, "", "  ", float("nan")):
+        assert domain_key({"dataset": blank}, "dataset") == UNKNOWN
+    assert domain_key({}, "dataset") == UNKNOWN
+    assert domain_key({"dataset": "ham10000"}, None) == ALL_DOMAINS

@@ -374,7 +374,7 @@ def run_config(tmp_path, **overrides):
         save_strategy="no",
         report_to="none",
         seed=3,
-        activation_checkpointing=False,
+        gradient_checkpointing=False,
     )
     values.update(overrides)
     return FairGRPOConfig(**values)

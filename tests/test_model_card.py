@@ -140,7 +140,7 @@ def tiny_trainer(tmp_path, **overrides):
         max_steps=1,
         save_strategy="no",
         report_to="none",
-        activation_checkpointing=False,
+        gradient_checkpointing=False,
     )
     values.update(overrides)
     return FairGRPOTrainer(

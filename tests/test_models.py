@@ -198,7 +198,7 @@ def _grpo_config(output_dir: Path) -> GRPOConfig:
         output_dir=str(output_dir),
         use_cpu=True,
         bf16=False,
-        activation_checkpointing=False,
+        gradient_checkpointing=False,
         learning_rate=1e-2,
         per_device_train_batch_size=4,
         num_generations=2,

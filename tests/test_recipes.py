@@ -11,6 +11,7 @@ import pytest
 import yaml
 from huggingface_hub import ModelCard
 
+from fair_trl.advantages import REGISTRY
 from fair_trl.config import FairGRPOConfig
 from fair_trl.model_card import INDEX_METRICS
 
@@ -19,8 +20,11 @@ RECIPES = ROOT / "recipes"
 MODEL_YAMLS = {"google/medgemma-4b-it": RECIPES / "fairmedgemma.yaml", "Qwen/Qwen2.5-VL-7B-Instruct": RECIPES /
                "qwen2_5_vl_7b.yaml"}  # fmt: skip
 METHOD_YAMLS = sorted((RECIPES / "methods").glob("*.yaml"))
-# The keys a method file may change relative to recipes/fairmedgemma.yaml.
-METHOD_KEYS = {"advantage_estimator", "balanced_sampling", "dro_step_size", "output_dir", "run_name"}
+# The keys a method file may change relative to recipes/fairmedgemma.yaml: the method, its sampler, its
+# estimator's own config fields (its registry entry) and the run's names.
+METHOD_KEYS = {"advantage_estimator", "balanced_sampling", "output_dir", "run_name"}.union(
+    *(spec.config_fields for spec in REGISTRY.values())
+)
 EXPECTED_METHODS = {
     "grpo": {"advantage_estimator": "grpo"},
     "rloo": {"advantage_estimator": "rloo"},
@@ -90,6 +94,8 @@ def test_model_yamls_differ_only_in_the_model_and_names():
 def test_method_yamls_are_fairmedgemma_with_another_method():
     base = load(RECIPES / "fairmedgemma.yaml")
     assert {p.stem for p in METHOD_YAMLS} == set(EXPECTED_METHODS)
+    # Every registered method has a recipe.
+    assert {load(p)["advantage_estimator"] for p in METHOD_YAMLS} == set(REGISTRY)
     for path in METHOD_YAMLS:
         config = load(path)
         changed = {k for k in base.keys() | config.keys() if base.get(k) != config.get(k)}

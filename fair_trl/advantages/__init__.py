@@ -22,10 +22,11 @@ from fair_trl.advantages.baselines import GroupDROAdvantage, ReinforcePPAdvantag
 from fair_trl.advantages.clustering import kmeans_elbow, rollout_features
 from fair_trl.advantages.fair_grpo import FairGRPOAdvantage, GroupStats, temperature
 from fair_trl.advantages.grpo import TRL_STD_EPS, GRPOAdvantage, grpo
-from fair_trl.advantages.layout import as_prompt_rows, nanstd, per_prompt
+from fair_trl.advantages.layout import as_prompt_rows, generation_batches, nanstd, per_prompt, zero_signal
 
 __all__ = [
     "REGISTRY",
+    "SCALE_REWARDS",
     "TRL_STD_EPS",
     "AdvantageEstimator",
     "EstimatorSpec",
@@ -37,6 +38,7 @@ __all__ = [
     "ReinforcePPAdvantage",
     "Stateful",
     "as_prompt_rows",
+    "generation_batches",
     "get_spec",
     "grpo",
     "kmeans_elbow",
@@ -46,8 +48,11 @@ __all__ = [
     "reinforce_pp",
     "rloo",
     "rollout_features",
+    "scale_rewards_choices",
+    "stats_window_batches",
     "temperature",
     "unregister",
+    "zero_signal",
 ]
 
 REGISTRY: dict[str, EstimatorSpec] = {}
@@ -86,6 +91,41 @@ FAIR_GRPO_FIELDS = (
 FAIR_GRPO_VARIANTS = ("fair_reward_floor", "fair_max_weight_ratio", "fair_stats_window")
 
 
+# TRL's `scale_rewards` values.
+SCALE_REWARDS = ("group", "batch", "none")
+
+# The `scale_rewards` each built-in estimator implements, its own definition first (what it does when
+# the field is left unset). FairGRPO normalises within each prompt by definition (eq. (i)); RLOO has no
+# std scaling and REINFORCE++ scales by the batch std, so any other value would be silently ignored.
+# An estimator registered elsewhere is given every value and reads `config.scale_rewards` itself.
+_SCALE_REWARDS_OF = {
+    "fair_grpo": ("group",),
+    "fair_grpo_nd": ("group",),
+    "rloo": ("none",),
+    "reinforce_pp": ("batch",),
+}
+
+
+def scale_rewards_choices(name: str) -> tuple[str, ...]:
+    """The `scale_rewards` values estimator `name` implements; the first is its own definition."""
+    return _SCALE_REWARDS_OF.get(name, SCALE_REWARDS)
+
+
+def stats_window_batches(config: Any) -> int | None:
+    """`fair_stats_window` (optimizer steps) as the estimator counts it: in calls, one per generation batch."""
+    if config.fair_stats_window is None:
+        return None
+    try:
+        return generation_batches(
+            config.fair_stats_window,
+            gradient_accumulation_steps=config.gradient_accumulation_steps,
+            steps_per_generation=config.steps_per_generation,
+            num_iterations=config.num_iterations,
+        )
+    except ValueError as err:
+        raise ValueError(f"fair_stats_window={config.fair_stats_window}: {err}") from None
+
+
 def _fair_grpo(config: Any, use_demographics: bool) -> FairGRPOAdvantage:
     return FairGRPOAdvantage(
         use_demographics=use_demographics,
@@ -97,7 +137,7 @@ def _fair_grpo(config: Any, use_demographics: bool) -> FairGRPOAdvantage:
         seed=config.seed,
         reward_floor=config.fair_reward_floor,
         max_weight_ratio=config.fair_max_weight_ratio,
-        stats_window=config.fair_stats_window,
+        stats_window=stats_window_batches(config),
     )
 
 

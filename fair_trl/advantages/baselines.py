@@ -1,5 +1,7 @@
 """The baselines the paper compares FairGRPO against (section 4.1, Table 2), as advantage estimators.
 
+Registered as ``rloo``, ``reinforce_pp`` and ``group_dro`` (`fair_trl.advantages.REGISTRY`).
+
 Same layout as every estimator (`fair_trl.advantages.layout`): ``rewards`` is 1-D, each prompt's G
 completions contiguous, NaN for a completion no reward function could score (it gets advantage 0 and
 is left out of every statistic). GRPO itself is `fair_trl.advantages.grpo`; Resampling is a sampler,

@@ -1,5 +1,6 @@
 """FairGRPO (paper section 3): eq. 1-2 and the batch renormalisation, with latent groups for prompts
-whose demographics are unknown; ``use_demographics=False`` is FairGRPO-ND.
+whose demographics are unknown; ``use_demographics=False`` is FairGRPO-ND. Registered as ``fair_grpo`` and
+``fair_grpo_nd`` (`fair_trl.advantages.REGISTRY`).
 
 Plain numpy on the CPU: the estimator sees one float per completion, so it costs next to nothing
 beside a training step. Domains and groups get integer ids, so every statistic is an array indexed by

@@ -1,7 +1,7 @@
 """GRPO: TRL's own group normalisation, reproduced op for op.
 
 A run with `GRPOAdvantage` is step-for-step identical to plain ``GRPOTrainer``, so GRPO and FairGRPO
-differ in the advantage and nothing else.
+differ in the advantage and nothing else. Registered as ``grpo`` (`fair_trl.advantages.REGISTRY`).
 """
 
 from __future__ import annotations

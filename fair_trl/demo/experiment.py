@@ -321,7 +321,7 @@ def run_one(
             advantage_estimator=spec.estimator,
             use_cpu=True,
             bf16=False,
-            activation_checkpointing=False,
+            gradient_checkpointing=False,
             learning_rate=settings.learning_rate,
             per_device_train_batch_size=settings.prompts_per_step * settings.num_generations,
             num_generations=settings.num_generations,

@@ -189,7 +189,7 @@ def main() -> None:
         save_steps=SAVE_STEPS,
         report_to="none",
         seed=SEED,
-        activation_checkpointing=False,
+        gradient_checkpointing=False,
         advantage_estimator="fair_grpo",
         fairness_logging_steps=FAIRNESS_STEPS,
     )
