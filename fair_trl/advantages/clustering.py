@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections import OrderedDict, deque
 from collections.abc import Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -23,6 +24,8 @@ __all__ = [
     "elbow_k",
     "kmeans_elbow",
     "kmeans_elbow_pools",
+    "fit_pools",
+    "PoolFits",
     "kmeans_elbow_reference",
     "pairwise_sum",
     "rollout_features",
@@ -100,7 +103,7 @@ def kmeans_elbow(
     ``max_k``, drawing from ``np.random.default_rng(seed)``: k = 1 first, then k = 2's restarts, and so on.
     """
     unique, inverse, counts = unique_rows(features)
-    ((centres, labels),) = kmeans_elbow_pools([(unique, counts, seed)], max_k, threshold, n_init)
+    ((centres, labels),) = fit_pools([(unique, counts, seed)], max_k, threshold, n_init).per_pool()
     return centres, labels[inverse]
 
 
@@ -123,14 +126,38 @@ def kmeans_elbow_reference(
     return centres, labels
 
 
+class PoolFits(NamedTuple):
+    """The elbow-chosen fit of every pool of a `fit_pools` call, laid end to end in the pools' order."""
+
+    centres: np.ndarray  # (clusters, D): the first pool's centres, then the second's, ...
+    cluster_start: np.ndarray  # (pools + 1,): pool p's centres are centres[cluster_start[p] : cluster_start[p + 1]]
+    clusters: np.ndarray  # (points,): each point's cluster, an index into centres
+    point_start: np.ndarray  # (pools + 1,): pool p's points are clusters[point_start[p] : point_start[p + 1]]
+
+    def per_pool(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        """(centres, labels) per pool, labels counting from 0 within the pool."""
+        c, p = self.cluster_start.tolist(), self.point_start.tolist()
+        return [(self.centres[c[i] : c[i + 1]], self.clusters[p[i] : p[i + 1]] - c[i]) for i in range(len(c) - 1)]
+
+
 def kmeans_elbow_pools(
+    pools: Sequence[tuple[np.ndarray, np.ndarray, int | Sequence[int]]], **options: Any
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """`kmeans_elbow_reference` for many pools of distinct points at once: (centres, labels) per pool.
+
+    ``options``: `fit_pools`'s (max_k, threshold, n_init, max_iter).
+    """
+    return fit_pools(pools, **options).per_pool() if pools else []
+
+
+def fit_pools(
     pools: Sequence[tuple[np.ndarray, np.ndarray, int | Sequence[int]]],
     max_k: int = 3,
     threshold: float = 0.1,
     n_init: int = 3,
     max_iter: int = 100,
-) -> list[tuple[np.ndarray, np.ndarray]]:
-    """`kmeans_elbow_reference` for many pools of distinct points at once: (centres, labels) per pool.
+) -> PoolFits:
+    """`kmeans_elbow_reference` for many pools of distinct points at once, as one `PoolFits`.
 
     ``pools``: (distinct points (n, D), their counts (n,), seed) each, all with the same D. Every fit of
     every pool (k = 1 .. min(max_k, n), ``n_init`` restarts for k > 1) is one column of a padded batch
@@ -139,95 +166,122 @@ def kmeans_elbow_pools(
     its pool's random stream as the one-at-a-time fits would, and a fit that has converged leaves the
     batch at its fixed point, so the results are the reference's.
     """
-    if not pools:
-        return []
     batch = _Batch.for_points([points for points, _, _ in pools], max_k, n_init)
-    n_fits, n_max, k_max, dim = batch.n_fits, batch.n_max, batch.k_max, batch.dim
+    counts = np.concatenate([*(counts for _, counts, _ in pools), _NO_WEIGHT])
+    weights = counts[batch.weight_source]  # (n, fits)
+    # Positive whole counts and whole squared distances between points (0/1 rewards): every k-means++
+    # mass and its sums are exact integers, so numpy's order of adding need not be followed.
+    given = counts[:-1]
+    exact = (
+        batch.whole_distances and given.min() > 0 and not (given % 1).any() and given.sum() * batch.most_distant < 2**53
+    )
+    # default_rng(seed).random() is (PCG64(seed)'s next 64 bits >> 11) / 2**53: the stream the
+    # one-at-a-time fits draw, without building a Generator per pool.
+    raw = [np.random.PCG64(_entropy(pools[i][2])).random_raw(length) for i, length in batch.drawing]
+    raw = np.concatenate([_NO_RAW, *raw])
+    streams = np.concatenate([_NO_DRAW, (raw >> np.uint64(11)) * _DOUBLE_UNIT])  # position 0: "no draw"
+    uniforms = streams[batch.stream_positions]  # (k, fits)
 
-    pool_weights = np.zeros((n_max, len(pools)))
-    for row, i in enumerate(batch.order):
-        pool_weights[: batch.sizes[row], row] = pools[i][1]
-    weights = pool_weights[:, batch.fit_pool]  # (n, fits); padding weighs 0
-    streams = [np.full(1, np.nan)]  # position 0 of the streams: "no draw"
-    for row, i in enumerate(batch.order):
-        if batch.k_limits[row] > 1:
-            # default_rng(seed) is this generator; the stream is what the one-at-a-time fits draw.
-            streams.append(np.random.Generator(np.random.PCG64(pools[i][2])).random(batch.stream_lengths[row]))
-    uniforms = np.concatenate(streams)[batch.stream_positions]  # (k, fits)
-
-    seeds = _seed_kmeans_pp(batch, weights, uniforms)
+    seeds = _seed_kmeans_pp(batch, weights, uniforms, exact)
     if seeds is None:  # a fit the batch cannot reproduce (weighted_kmeans stops seeding or raises there)
-        return [
-            kmeans_elbow_reference(points, weights, max_k, threshold, seed, n_init) for points, weights, seed in pools
-        ]
-    centres = np.ascontiguousarray(batch.points[np.arange(n_fits)[:, None], seeds.T])  # (fits, k, D)
+        return _as_pool_fits(
+            [kmeans_elbow_reference(points, counts, max_k, threshold, seed, n_init) for points, counts, seed in pools]
+        )
+    centres = np.ascontiguousarray(batch.points[batch.every[:, None], seeds.T])  # (fits, k, D)
     centres[batch.unused] = np.inf  # a fit with fewer clusters: centres no point is ever nearest to
     # The first assignment is to the seeds, which are points: small pools know those distances.
     if batch.between is not None:
-        d2 = batch.between[batch.fit_pool, seeds[:, None, :], np.arange(n_max)[None, :, None]]  # (k, n, fits)
-        d2[batch.unused_pairs] = np.inf
+        d2 = batch.between[batch.fit_pool, seeds[:, None, :], batch.point_index]  # (k, n, fits)
+        np.copyto(d2, np.inf, where=batch.unused_pairs)
     else:
         d2 = batch.distances(centres)
 
-    # Lloyd's iterations, with weighted_kmeans's operations and summation order: one np.bincount adds each
-    # cluster's weighted points and its weight (an extra column) in point order, as np.add.at and
-    # np.bincount do there, and padding adds zeros. A fit whose labels stop changing is done
-    # (weighted_kmeans breaks there) and leaves the batch.
-    weighted = np.concatenate([batch.points_by_row * weights[:, :, None], weights[:, :, None]], axis=2)
-    columns = np.arange(dim + 1)
-    flat_centres = centres.reshape(-1, dim)  # a view: updates land in `centres`
-    labels = np.full((n_max, n_fits), -1)
+    # Lloyd's iterations, with weighted_kmeans's operations and summation order (`_move_centres`).
+    weighted = (batch.points_and_one * weights[:, :, None]).reshape(-1)  # (n, fits, D + 1), flat
+    final_d2 = _lloyd(batch, d2, centres, weighted, max_iter)
+    labels = final_d2.argmin(axis=0)
+    nearest = final_d2.min(axis=0)  # the distance to the label's centre
+    inertia = np.concatenate([_column_sums(weights * nearest, batch.sum_groups), _PAST_LIMIT])
+
+    # Per pool and k, the first of its equally good restarts (argmin's first), then the elbow's k.
+    choice = inertia[batch.restarts].argmin(axis=2)
+    best = batch.restarts[batch.pool_rows, batch.ks, choice]  # (pools, k): a fit index
+    best_inertia = inertia[best].tolist()
+    ks = [elbow_k(row[:limit], threshold) for row, limit in zip(best_inertia, batch.k_limits, strict=True)]
+    chosen = best[batch.rank, np.array(ks)[batch.rank] - 1]  # (pools,) in the pools' own order
+    ks = np.array(ks)[batch.rank]
+    centres = centres[chosen][batch.ks < ks[:, None]]
+    cluster_start = np.concatenate([[0], np.cumsum(ks)])
+    clusters = labels[:, chosen].T[batch.real_by_pool] + np.repeat(cluster_start[:-1], batch.pool_sizes)
+    return PoolFits(centres, cluster_start, clusters, batch.point_start)
+
+
+_NO_WEIGHT = np.zeros(1)  # what padding weighs
+_NO_DRAW = np.full(1, np.nan)
+_NO_RAW = np.zeros(0, dtype=np.uint64)
+_PAST_LIMIT = np.full(1, np.inf)  # the inertia of a restart past a pool's k limit
+_DOUBLE_UNIT = 1.0 / 9007199254740992.0  # 2**-53, as numpy's next_double scales
+
+
+def _entropy(seed: int | Sequence[int]) -> int | Sequence[int] | np.ndarray:
+    """The seed as SeedSequence's uint32 words: an int list is read word by word, so ints below 2**32
+    give the same words as a uint32 array, which SeedSequence takes twice as fast."""
+    if isinstance(seed, list | tuple) and all(isinstance(s, int) and 0 <= s < 2**32 for s in seed):
+        return np.array(seed, dtype=np.uint32)
+    return seed
+
+
+def _as_pool_fits(fits: Sequence[tuple[np.ndarray, np.ndarray]]) -> PoolFits:
+    cluster_start = np.cumsum([0, *(len(centres) for centres, _ in fits)])
+    clusters = np.concatenate([labels + start for (_, labels), start in zip(fits, cluster_start, strict=False)])
+    point_start = np.cumsum([0, *(len(labels) for _, labels in fits)])
+    return PoolFits(np.concatenate([centres for centres, _ in fits]), cluster_start, clusters, point_start)
+
+
+def _move_centres(labels: np.ndarray, weighted: np.ndarray, bins: np.ndarray, flat_centres: np.ndarray) -> None:
+    """One Lloyd's update of every fit's centres (in place) from its points' labels (n, fits).
+
+    One np.bincount adds each cluster's weighted points and its weight (an extra column of ones) in point
+    order, as np.add.at and np.bincount do in `weighted_kmeans`; padding adds zeros. ``bins``: where
+    cluster 0 of each (point, fit, coordinate) lands, (1, fits, D + 1); ``weighted``: the weighted points.
+    """
+    width = bins.shape[2]
+    sums = np.bincount(
+        (labels[:, :, None] * width + bins).reshape(-1),
+        weights=weighted,
+        minlength=flat_centres.size + len(flat_centres),
+    )
+    sums = sums.reshape(-1, width)
+    mass = sums[:, -1:]
+    np.divide(sums[:, :-1], mass, out=flat_centres, where=mass > 0)  # an emptied cluster keeps its old centre
+
+
+def _lloyd(batch: _Batch, d2: np.ndarray, centres: np.ndarray, weighted: np.ndarray, max_iter: int) -> np.ndarray:
+    """Lloyd's iterations from the (k, n, fits) distances to the seeds; the final distances.
+
+    A fit whose labels stop changing is done (weighted_kmeans breaks there) and leaves the batch: the
+    arrays hold thousands of (centre, point, coordinate) terms, so fewer fits is less work. Padding
+    copies a fit's first point, so its labels change only when that point's do.
+    """
+    flat_centres = centres.reshape(-1, batch.dim)
+    weighted = weighted.reshape(batch.n_max, batch.n_fits, -1)
+    labels = np.full((batch.n_max, batch.n_fits), -1)
     final_d2 = np.empty_like(d2)
-    active = np.arange(n_fits)
+    active = batch.every
     for iteration in range(max_iter):
-        new_labels, _ = _nearest(d2)
+        new_labels = d2.argmin(axis=0)
         if iteration:  # before the first update every fit moves (from no labels)
-            moved = ((new_labels != labels[:, active]) & batch.real[:, active]).any(axis=0)
+            moved = (new_labels != labels[:, active]).any(axis=0)
             if not moved.all():
                 final_d2[:, :, active[~moved]] = d2[:, :, ~moved]
                 active, d2, new_labels = active[moved], d2[:, :, moved], new_labels[:, moved]
                 if not active.size:
-                    break
-        everyone = len(active) == n_fits
-        if everyone:
-            labels[:] = new_labels
-        else:
-            labels[:, active] = new_labels
-        bins = ((new_labels + active * k_max)[:, :, None] * (dim + 1) + columns).reshape(-1)
-        moving = weighted if everyone else weighted[:, active]
-        sums = np.bincount(bins, weights=moving.reshape(-1), minlength=n_fits * k_max * (dim + 1))
-        sums = sums.reshape(-1, dim + 1)
-        mass = sums[:, dim]
-        filled = mass > 0  # an emptied cluster keeps its old centre
-        flat_centres[filled] = sums[filled, :dim] / mass[filled, None]
+                    return final_d2
+        labels[:, active] = new_labels
+        _move_centres(new_labels, weighted[:, active].reshape(-1), batch.bins[:, active], flat_centres)
         d2 = batch.distances(centres, active)
-    else:
-        final_d2[:, :, active] = d2  # stopped at max_iter: the final assignment to the final centres
-    labels, nearest = _nearest(final_d2)
-    inertia = _column_sums(weights * nearest, batch.sum_groups).tolist()
-
-    results: list = [None] * len(pools)
-    for row, i in enumerate(batch.order):
-        first = batch.first_fit[row]
-        best_per_k = [first]
-        for k in range(2, batch.k_limits[row] + 1):
-            restarts = range(first + 1 + (k - 2) * n_init, first + 1 + (k - 1) * n_init)
-            best_per_k.append(min(restarts, key=inertia.__getitem__))  # the first of equally good restarts
-        k = elbow_k([inertia[fit] for fit in best_per_k], threshold)
-        fit = best_per_k[k - 1]
-        results[i] = (centres[fit, :k].copy(), labels[: batch.sizes[row], fit].copy())
-    return results
-
-
-def _nearest(d2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(argmin over centres, the minimum) of (k, n, fits) distances; ties go to the first, as argmin's."""
-    labels = np.zeros(d2.shape[1:], dtype=np.intp)
-    best = d2[0]
-    for c in range(1, len(d2)):
-        closer = d2[c] < best
-        labels[closer] = c
-        best = np.minimum(best, d2[c])
-    return labels, best
+    final_d2[:, :, active] = d2  # stopped at max_iter: the final assignment to the final centres
+    return final_d2
 
 
 class _Batch:
@@ -242,76 +296,126 @@ class _Batch:
 
     _cache: OrderedDict[tuple, _Batch] = OrderedDict()
     _cache_size = 16
+    _last: _Batch | None = None  # the batch of the last call, with `arrays`, the points it was given
     # Pools of at most this many distinct points (0/1 rewards: G + 1) keep the distances between their
     # points and are cached; larger ones (graded rewards) change every step, so neither would pay.
     small = 64
 
     @classmethod
     def for_points(cls, points: Sequence[np.ndarray], max_k: int, n_init: int) -> _Batch:
+        # Read-only arrays passed again (RewardPool's, until its distinct rows change) are the same
+        # points: no need to compare their bytes.
+        last = cls._last
+        if (
+            last is not None
+            and last.key[:2] == (max_k, n_init)
+            and len(last.arrays) == len(points)
+            and all(
+                a is b and a.base is None and not a.flags.writeable for a, b in zip(last.arrays, points, strict=True)
+            )
+        ):
+            return last
         if max(len(p) for p in points) > cls.small:
             return cls(points, max_k, n_init)
         key = (max_k, n_init, *((p.shape, p.tobytes()) for p in points))
         batch = cls._cache.get(key)
         if batch is None:
             batch = cls._cache[key] = cls(points, max_k, n_init)
+            batch.key = key
             while len(cls._cache) > cls._cache_size:
                 cls._cache.popitem(last=False)
         else:
             cls._cache.move_to_end(key)
+        batch.arrays = tuple(points)
+        cls._last = batch
         return batch
 
     def __init__(self, points: Sequence[np.ndarray], max_k: int, n_init: int):
         if min(len(p) for p in points) < 1:
             raise ValueError("every pool needs at least one point")
-        self.dim = points[0].shape[1]
-        self.order = sorted(range(len(points)), key=lambda i: len(points[i]))
-        self.sizes = [len(points[i]) for i in self.order]
+        self.key: tuple = ()
+        self.arrays: tuple[np.ndarray, ...] = ()
+        self.dim = dim = points[0].shape[1]
+        n_pools = len(points)
+        pool_sizes = [len(p) for p in points]
+        self.order = sorted(range(n_pools), key=pool_sizes.__getitem__)
+        self.sizes = [pool_sizes[i] for i in self.order]
         self.k_limits = [min(max_k, n) for n in self.sizes]
-        self.n_max, self.k_max = max(self.sizes), max(self.k_limits)
+        self.n_max, self.k_max = n_max, k_max = max(self.sizes), max(self.k_limits)
         fits_per_pool = [1 + n_init * (k - 1) for k in self.k_limits]
         self.first_fit = np.cumsum([0, *fits_per_pool[:-1]]).tolist()
-        self.fit_pool = np.repeat(np.arange(len(points)), fits_per_pool)
-        self.fit_k = np.concatenate(
-            [[1] + [k for k in range(2, k_limit + 1) for _ in range(n_init)] for k_limit in self.k_limits]
-        )
-        self.n_fits = len(self.fit_pool)
+        self.fit_pool = np.repeat(np.arange(n_pools), fits_per_pool)
+        self.n_fits = n_fits = len(self.fit_pool)
+        self.every = np.arange(n_fits)
+        place = self.every - np.repeat(self.first_fit, fits_per_pool)  # 0: k = 1, then k = 2's restarts, ...
+        restart = np.where(place == 0, 0, (place - 1) % n_init)
+        self.fit_k = k = np.where(place == 0, 1, (place - 1) // n_init + 2)
         fit_sizes = np.repeat(self.sizes, fits_per_pool)
         self.sum_groups = _sum_groups(fit_sizes)
-        self.real = np.arange(self.n_max)[:, None] < fit_sizes[None, :]  # (n, fits)
-        self.unused = np.arange(self.k_max)[None, :] >= self.fit_k[:, None]  # (fits, k)
-        self.unused_pairs = np.broadcast_to(self.unused.T[:, None, :], (self.k_max, self.n_max, self.n_fits))
-        self.seeding = [np.flatnonzero((self.fit_k > j) & (self.fit_k > 1)) for j in range(self.k_max)]
+        real = np.arange(n_max)[:, None] < fit_sizes[None, :]  # (n, fits)
+        self.point_index = np.arange(n_max)[None, :, None]
+        self.unused = np.arange(k_max)[None, :] >= k[:, None]  # (fits, k)
+        self.unused_pairs = self.unused.T[:, None, :]  # (k, 1, fits): where (k, n, fits) distances are to no centre
+        self.seeding = [np.flatnonzero((k > j) & (k > 1)) for j in range(k_max)]
+
+        # In the pools' own order: each pool's row in the batch, its size, where its points start in
+        # the results, which of its padded points are real, and where each fit's weights come from in
+        # the pools' counts laid end to end (padding: the 0 appended after them).
+        self.rank = np.argsort(self.order)
+        self.pool_sizes = np.array(pool_sizes)
+        self.point_start = np.concatenate([[0], np.cumsum(self.pool_sizes)])
+        self.real_by_pool = np.arange(n_max)[None, :] < self.pool_sizes[:, None]
+        source = self.point_start[np.array(self.order)][self.fit_pool] + np.arange(n_max)[:, None]
+        self.weight_source = np.where(real, source, self.point_start[-1])  # (n, fits)
+        # Per pool row and k (k = 1 first), the fits of its restarts; past its k limit, a fit index
+        # one beyond the last, whose inertia is taken as infinite.
+        ks, restarts = np.arange(1, k_max + 1)[None, :, None], np.arange(n_init)[None, None, :]
+        first, limit = np.array(self.first_fit)[:, None, None], np.array(self.k_limits)[:, None, None]
+        later = np.where(ks <= limit, first + 1 + (ks - 2) * n_init + restarts, n_fits)
+        self.restarts = np.where(ks == 1, first, later)
+        self.pool_rows, self.ks = np.arange(n_pools)[:, None], np.arange(k_max)[None, :]
 
         # Where each fit's seeds sit in its pool's stream, offset into the concatenated streams of the
-        # pools that draw (position 0 is a NaN: no draw).
-        self.stream_lengths = [1 + n_init * sum(range(2, k + 1)) for k in self.k_limits]
-        positions, offset = [], 1
-        for k_limit, length in zip(self.k_limits, self.stream_lengths, strict=True):
-            layout = np.full((1 + n_init * (k_limit - 1), self.k_max), -1)
-            row, at = 1, 1
-            for k in range(2, k_limit + 1):
-                for _ in range(n_init):
-                    layout[row, :k] = np.arange(at, at + k)
-                    row, at = row + 1, at + k
-            positions.append(np.where(layout >= 0, layout + offset, 0))
-            offset += length if k_limit > 1 else 0
-        self.stream_positions = np.concatenate(positions).T  # (k, fits)
+        # pools that draw (position 0 is a NaN: no draw). A pool's stream is the k = 1 draw, then k
+        # draws for each restart of each k = 2, 3, ...
+        self.stream_lengths = [1 + n_init * (kl * (kl + 1) // 2 - 1) for kl in self.k_limits]
+        drawn = [n if kl > 1 else 0 for n, kl in zip(self.stream_lengths, self.k_limits, strict=True)]
+        offset = 1 + np.cumsum([0, *drawn[:-1]])
+        at = offset[self.fit_pool] + 1 + n_init * (k * (k - 1) // 2 - 1) + restart * k  # the fit's first draw
+        seed = np.arange(k_max)[:, None]
+        self.stream_positions = np.where((seed < k) & (k > 1), at + seed, 0)  # (k, fits)
+        self.drawing = [
+            (i, n) for i, kl, n in zip(self.order, self.k_limits, self.stream_lengths, strict=True) if kl > 1
+        ]
 
-        padded = np.empty((len(points), self.n_max, self.dim))
-        for row, i in enumerate(self.order):
-            padded[row] = points[i][0]  # padding: weight-0 copies of a real point
-            padded[row, : self.sizes[row]] = points[i]
+        # Padding: weight-0 copies of the pool's first point.
+        laid = np.concatenate([points[i] for i in self.order])
+        row_start = np.cumsum([0, *self.sizes[:-1]])[:, None]
+        padded = laid[
+            np.where(np.arange(n_max) < np.array(self.sizes)[:, None], row_start + np.arange(n_max), row_start)
+        ]
         self.points = padded[self.fit_pool]  # (fits, n, D)
         self.points_by_row = np.ascontiguousarray(self.points.transpose(1, 0, 2))  # (n, fits, D)
-        self.distances = _Distances(self.points_by_row, self.k_max)
+        self.points_and_one = np.concatenate([self.points_by_row, np.ones((n_max, n_fits, 1))], axis=2)
+        # Lloyd's sums: the bin of (fit f, cluster c, coordinate or weight d) is bins[0, f, d] + c * (D + 1)
+        self.bins = (self.every[:, None] * k_max * (dim + 1) + np.arange(dim + 1))[None]
+        self.distances = _Distances(self.points_by_row)
         # Squared distance between any two points of a small pool, as a fit computes a point's distance
         # to a centre: k-means++ seeding and the first assignment (to the seeds) need only these.
-        if self.n_max <= self.small:
-            self.between = _Distances(padded.transpose(1, 0, 2), self.n_max)(padded).transpose(2, 0, 1)
+        if n_max <= self.small:
+            self.between = _Distances(padded.transpose(1, 0, 2))(padded).transpose(2, 0, 1)
             self.to_seed = None
+            self.most_distant = float(self.between.max())
+            # Whole numbers, and at least 1 between any two of a pool's points (`_seed_kmeans_pp`).
+            real = np.arange(n_max) < np.array(self.sizes)[:, None]
+            pairs = real[:, :, None] & real[:, None, :] & ~np.eye(n_max, dtype=bool)
+            self.whole_distances = bool(
+                np.isfinite(self.most_distant) and (self.between % 1 == 0).all() and (self.between[pairs] >= 1).all()
+            )
         else:
             self.between = None
-            self.to_seed = _Distances(self.points_by_row, 1)
+            self.to_seed = _Distances(self.points_by_row)
+            self.whole_distances = False
 
     def seed_distances(self, seeds: np.ndarray) -> np.ndarray:
         """(n, fits): each point's squared distance to its fit's seed (an index into the fit's points)."""
@@ -329,16 +433,11 @@ def _sum_groups(sizes: np.ndarray) -> list[tuple[int, int, int]]:
     with the same number of whole blocks (or all under 8) sum together over their largest size.
     """
 
-    def shape(n: int) -> int:
-        return -1 if n < 8 else n // 8 if n <= 128 else n
-
-    groups: list[tuple[int, int, int]] = []
-    start = 0
-    for stop in range(1, len(sizes) + 1):
-        if stop == len(sizes) or shape(int(sizes[stop])) != shape(int(sizes[start])):
-            groups.append((start, stop, int(sizes[start:stop].max())))
-            start = stop
-    return groups
+    shape = np.where(sizes < 8, -1, np.where(sizes <= 128, sizes // 8, sizes))
+    starts = [0, *(np.flatnonzero(shape[1:] != shape[:-1]) + 1).tolist()]
+    stops = [*starts[1:], len(sizes)]
+    rows = np.maximum.reduceat(sizes, starts).tolist()
+    return list(zip(starts, stops, rows, strict=True))
 
 
 def _column_sums(values: np.ndarray, groups: list[tuple[int, int, int]]) -> np.ndarray:
@@ -352,7 +451,7 @@ def _column_sums(values: np.ndarray, groups: list[tuple[int, int, int]]) -> np.n
     return out
 
 
-def _seed_kmeans_pp(batch: _Batch, weights: np.ndarray, uniforms: np.ndarray) -> np.ndarray | None:
+def _seed_kmeans_pp(batch: _Batch, weights: np.ndarray, uniforms: np.ndarray, exact: bool = False) -> np.ndarray | None:
     """k-means++ seeds of every fit, as indices of its pool's points (k, fits); None if one stops short.
 
     Each seed is ``rng.choice(n, p=mass / mass.sum())`` as numpy computes it: the cumulative sum of p,
@@ -360,6 +459,7 @@ def _seed_kmeans_pp(batch: _Batch, weights: np.ndarray, uniforms: np.ndarray) ->
     entries <= it. The first seed's mass is the weights, each next one's the weight times the squared
     distance to the nearest seed so far. A fit with k = 1 keeps point 0 (its draw is NaN). None when a
     fit's remaining mass is 0 or not finite: `weighted_kmeans` stops seeding there (or raises).
+    ``exact``: every mass is a whole number whose sums are exact, so a plain sum gives numpy's.
     """
     seeds = np.zeros((batch.k_max, batch.n_fits), dtype=np.intp)
     mass, nearest = weights, None
@@ -368,10 +468,13 @@ def _seed_kmeans_pp(batch: _Batch, weights: np.ndarray, uniforms: np.ndarray) ->
             to_seed = batch.seed_distances(seeds[j - 1])
             nearest = to_seed if nearest is None else np.minimum(nearest, to_seed)
             mass = weights * nearest
-        total = _column_sums(mass, batch.sum_groups)
-        drawing = total[batch.seeding[j]]  # the fits that draw a j-th seed; NaN fails the test too
-        if drawing.size and not (drawing.min() > 0 and drawing.max() < np.inf):
-            return None
+        if exact:  # and a pool's points are at least 1 apart: every fit that draws has mass left
+            total = mass.sum(axis=0)
+        else:
+            total = _column_sums(mass, batch.sum_groups)
+            drawing = total[batch.seeding[j]]  # the fits that draw a j-th seed; NaN fails the test too
+            if drawing.size and not (drawing.min() > 0 and drawing.max() < np.inf):
+                return None
         total[total <= 0] = 1.0  # fits that draw no j-th seed: keep their arithmetic quiet
         cdf = np.cumsum(mass / total, axis=0)
         np.divide(cdf, cdf[-1], out=cdf, where=cdf[-1] > 0)
@@ -388,20 +491,25 @@ class _Distances:
     the order numpy's pairwise summation adds them (`pairwise_sum`). ``points``: (n, fits, D).
     """
 
-    def __init__(self, points: np.ndarray, k: int):
-        n, fits, dim = points.shape
-        self.k = k
-        self.points = np.ascontiguousarray(np.broadcast_to(points.transpose(2, 0, 1)[:, None], (dim, k, n, fits)))
-        self.every = np.arange(fits)
+    def __init__(self, points: np.ndarray):
+        self.points = np.ascontiguousarray(points.transpose(2, 0, 1))[:, None]  # (D, 1, n, fits)
+        self.every = np.arange(points.shape[1])
+        self.by_k: dict[int, np.ndarray] = {}  # (D, k, n, fits) copies: contiguous operands subtract faster
+
+    def _points(self, k: int) -> np.ndarray:
+        if k not in self.by_k:
+            self.by_k[k] = np.repeat(self.points, k, axis=1)
+        return self.by_k[k]
 
     def __call__(self, centres: np.ndarray, fits: np.ndarray | None = None) -> np.ndarray:
         """(k, n, fits) distances of the points of `fits` (default all) to their centres, ``centres`` (fits, k, D)."""
-        dim, k, n, _ = self.points.shape
+        dim, _, n, _ = self.points.shape
+        k = centres.shape[1]
         if fits is None or len(fits) == len(self.every):
-            points, by_fit = self.points, centres.transpose(2, 1, 0)
+            points, by_fit = self._points(k), centres.transpose(2, 1, 0)
         else:
-            points, by_fit = self.points[..., fits], centres[fits].transpose(2, 1, 0)
-        diff = points - by_fit[:, :, None, :]  # (D, k, n, fits)
+            points, by_fit = self._points(k)[..., fits], centres[fits].transpose(2, 1, 0)
+        diff = points - by_fit[:, :, None, :]  # (D, k, n, fits), every (centre, point) pair
         return pairwise_sum((diff**2).reshape(dim, -1)).reshape(k, n, -1)
 
 
@@ -419,11 +527,18 @@ def pairwise_sum(x: np.ndarray) -> np.ndarray:
     """
     n = len(x)
     if n not in _PAIRWISE_CHECKED:
-        probe = np.random.default_rng(n).standard_normal((n, 64)) * np.logspace(-8, 8, 64)
-        _PAIRWISE_CHECKED[n] = np.array_equal(_pairwise(probe), np.ascontiguousarray(probe.T).sum(-1))
+        # Every short length at once on first use (a few ms, once), so that a run's first steps, which
+        # meet new lengths as the pools fill, do not each pay for their own check.
+        _check_pairwise(range(1, 130) if n < 130 else [n])
     if not _PAIRWISE_CHECKED[n]:
         return np.ascontiguousarray(x.T).sum(-1)
     return _pairwise(x)
+
+
+def _check_pairwise(lengths: Sequence[int]) -> None:
+    probe = np.random.default_rng(0).standard_normal((max(lengths), 64)) * np.logspace(-8, 8, 64)
+    for n in lengths:
+        _PAIRWISE_CHECKED[n] = np.array_equal(_pairwise(probe[:n]), np.ascontiguousarray(probe[:n].T).sum(-1))
 
 
 def _pairwise(x: np.ndarray) -> np.ndarray:
@@ -479,7 +594,9 @@ class RewardPool:
         self._vectors = np.empty((0, dim))
         self._free: list[int] = []
         self._order: np.ndarray | None = None  # live ids in byte order, until the live set changes
+        self._live: list[int] = []
         self._points = np.empty((0, dim))
+        self._point_of_id = np.empty(0, dtype=np.intp)
 
     def __len__(self) -> int:
         return len(self._ring)
@@ -540,12 +657,24 @@ class RewardPool:
 
     def distinct(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(distinct rows in byte order, their counts, their ids)."""
-        if self._order is None:
-            live = [i for i, count in enumerate(self._counts) if count > 0]
-            self._order = np.array(sorted(live, key=self._keys.__getitem__), dtype=np.intp)
-            self._points = self._vectors[self._order]
+        self._sort()
         counts = self._counts
-        return self._points, np.array([counts[i] for i in self._order.tolist()], dtype=np.float64), self._order
+        return self._points, np.array([counts[i] for i in self._live], dtype=np.float64), self._order
+
+    def point_of(self, ids: Sequence[int]) -> np.ndarray:
+        """Each id's index among the distinct rows of `distinct()`, -1 for an id no longer in the pool."""
+        self._sort()
+        return self._point_of_id[np.asarray(ids, dtype=np.intp)]
+
+    def _sort(self) -> None:
+        if self._order is None:
+            live = sorted((i for i, count in enumerate(self._counts) if count > 0), key=self._keys.__getitem__)
+            self._order = np.array(live, dtype=np.intp)
+            self._live = live
+            self._points = self._vectors[self._order]
+            self._points.flags.writeable = False  # the same array until the distinct rows change (see _Batch)
+            self._point_of_id = np.full(len(self._vectors), -1)
+            self._point_of_id[self._order] = np.arange(len(live))
 
 
 def rollout_features(rewards: np.ndarray, dim: int) -> np.ndarray:

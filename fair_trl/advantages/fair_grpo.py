@@ -10,6 +10,7 @@ the trainer.
 
 from __future__ import annotations
 
+import bisect
 import math
 import zlib
 from collections import deque
@@ -20,7 +21,7 @@ from typing import Any, ClassVar, NamedTuple
 import numpy as np
 import torch
 
-from fair_trl.advantages.clustering import RewardPool, kmeans_elbow_pools, pairwise_sum, rollout_features_by_block
+from fair_trl.advantages.clustering import RewardPool, fit_pools, pairwise_sum, rollout_features_by_block
 from fair_trl.advantages.layout import as_prompt_rows, per_prompt
 from fair_trl.groups import UNKNOWN
 
@@ -236,10 +237,12 @@ class FairGRPOAdvantage:
         groups: Sequence[str | None],
     ) -> torch.Tensor:
         grouped = as_prompt_rows(rewards, num_generations).detach()
-        if grouped.dtype in (torch.float32, torch.float64):
-            r = grouped.cpu().numpy().astype(np.float64)  # a copy, exact from either
-        else:
-            r = grouped.to("cpu", torch.float64).numpy().copy()
+        if grouped.dtype not in (torch.float32, torch.float64):
+            grouped = grouped.to(torch.float64)
+        # One column per prompt (G x P): a prompt's sums over its rollouts are then a few whole-row
+        # additions (`pairwise_sum`, in the order numpy sums each prompt's row) instead of P reductions.
+        columns = np.array(grouped.cpu().numpy().T, dtype=np.float64, order="C")  # a copy, exact from either
+        r = columns.T
         prompt_domains = per_prompt(domains, num_generations, len(r), "domains")
         prompt_groups = per_prompt(groups, num_generations, len(r), "groups")
         if not self.use_demographics:
@@ -248,9 +251,6 @@ class FairGRPOAdvantage:
             self.feature_dim = num_generations
         self.step += 1
 
-        # One column per prompt (G x P): a prompt's sums over its rollouts are then a few whole-row
-        # additions (`pairwise_sum`, in the order numpy sums each prompt's row) instead of P reductions.
-        columns = np.ascontiguousarray(r.T)
         # An infinite reward cannot be normalised or summed into the running statistics: it is
         # unscorable, like NaN (the trainer counts and reports such rewards before they get here).
         valid = np.isfinite(columns)
@@ -293,7 +293,7 @@ class FairGRPOAdvantage:
         # The renormalisation: every s' divided by the unbiased std of all scored s' in the batch (in
         # the order of the flat batch, as np.std sums them).
         scored_scaled = scaled.reshape(-1) if everything else scaled[valid.T]
-        batch_std = float(np.std(scored_scaled, ddof=1)) if scored_scaled.size > 1 else 0.0
+        batch_std = _sample_std(scored_scaled) if scored_scaled.size > 1 else 0.0
         if batch_std > 0 and math.isfinite(batch_std):
             advantages = scaled / batch_std
         else:  # no prompt carries signal: every s is 0
@@ -314,18 +314,23 @@ class FairGRPOAdvantage:
         ``valid``: which rewards are scored, None when all are.
         """
         everything = valid is None
-        mean = reward_sums / np.maximum(n_valid, 1)
+        g = len(columns)  # with every reward scored, each prompt has G
+        mean = reward_sums / (g if everything else np.maximum(n_valid, 1))
         centred = columns - mean if everything else np.where(valid, columns - mean, 0.0)
         # Unbiased std as torch.std and TRL use; a prompt with < 2 scored rollouts has none, so s = 0.
-        var = pairwise_sum(centred**2) / np.maximum(n_valid - 1, 1)
+        var = pairwise_sum(centred * centred) / (max(g - 1, 1) if everything else np.maximum(n_valid - 1, 1))
         s = centred / (np.sqrt(var) + self.norm_epsilon)
         # Equal rewards carry no signal; in float64, rounding in the mean would otherwise leave tiny
         # residuals that the batch-std rescaling blows up to unit size.
         if everything:
-            spread = columns.max(axis=0) - columns.min(axis=0)
+            flat = columns.max(axis=0) == columns.min(axis=0)
+            if g < 2:
+                flat[:] = True
         else:
             spread = np.where(valid, columns, -np.inf).max(axis=0) - np.where(valid, columns, np.inf).min(axis=0)
-        s[:, (n_valid < 2) | (spread == 0)] = 0.0
+            flat = (n_valid < 2) | (spread == 0)
+        if flat.any():
+            s[:, flat] = 0.0
         return s if everything else np.where(valid, s, 0.0)
 
     def _grow(self) -> None:
@@ -381,50 +386,48 @@ class FairGRPOAdvantage:
         self, r: np.ndarray, domain_ids: np.ndarray, unlabeled: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray, int]:
         """(ii): cluster each domain's unlabeled prompts; return per-prompt cluster (N, mean reward)."""
-        cluster_n = np.zeros(len(r))
-        cluster_mean = np.zeros(len(r))
+        prompt_n = np.zeros(len(r))
+        prompt_mean = np.zeros(len(r))
         if not unlabeled.size:
-            return cluster_n, cluster_mean, 0
+            return prompt_n, prompt_mean, 0
         assert self.feature_dim is not None
         by_domain = np.argsort(domain_ids[unlabeled], kind="stable")  # a domain's prompts together, in order
         prompts = unlabeled[by_domain]
         blocks = domain_ids[prompts]
         features = rollout_features_by_block(r[prompts], blocks, self.feature_dim)
         cuts = (np.flatnonzero(blocks[1:] != blocks[:-1]) + 1).tolist()
-        spans = list(zip([0, *cuts], [*cuts, len(prompts)], strict=True))
-        domains = blocks[[start for start, _ in spans]].tolist()
-        pools, problems, ids = [], [], []
-        for domain, (start, stop) in zip(domains, spans, strict=True):
+        starts, stops = [0, *cuts], [*cuts, len(prompts)]
+        domains = blocks[starts].tolist()
+        problems, points_of_prompts, pool_sizes = [], [], []
+        for domain, start, stop in zip(domains, starts, stops, strict=True):
             pool = self._pools.get(domain)
             if pool is None:
                 pool = self._pools[domain] = RewardPool(self.cluster_pool_size, self.feature_dim)
-            ids.append(pool.extend(features[start:stop]))
-            points, counts, point_ids = pool.distinct()
-            pools.append((domain, pool, point_ids.tolist(), counts.tolist()))
+            added = pool.extend(features[start:stop])
+            points, counts, _ = pool.distinct()
+            points_of_prompts.append(pool.point_of(added))
+            pool_sizes.append(len(pool))
             problems.append((points, counts, self._rng_seed(domain)))
-        fits = kmeans_elbow_pools(problems, max_k=self.max_clusters, threshold=self.elbow_threshold)
-        centre_means = np.concatenate([centres for centres, _ in fits]).mean(axis=1).tolist()
-        sizes, means, first = [], [], 0
-        for (domain, pool, point_ids, counts), (centres, point_labels), prompt_ids in zip(
-            pools, fits, ids, strict=True
-        ):
-            labels = point_labels.tolist()
-            # A cluster's N: its share of the pool times the domain's unlabeled prompts so far.
-            mass = [0.0] * len(centres)
-            for label, count in zip(labels, counts, strict=True):
-                mass[label] += count
-            seen = int(self._unlabeled_seen[domain])
-            label_of = dict(zip(point_ids, labels, strict=True))
-            for i in prompt_ids:
-                label = label_of.get(i)
-                if label is None:  # pushed out of the pool again within this call: its nearest centre
-                    label = int(((pool.vectors[i] - centres) ** 2).sum(-1).argmin())
-                sizes.append(mass[label] / len(pool) * seen)
-                means.append(centre_means[first + label])
-            first += len(centres)
-        cluster_n[prompts] = sizes
-        cluster_mean[prompts] = means
-        return cluster_n, cluster_mean, first
+        fits = fit_pools(problems, max_k=self.max_clusters, threshold=self.elbow_threshold)
+
+        # A cluster's N: its share of its domain's pool times the domain's unlabeled prompts so far
+        # (counts are whole numbers: their sums are exact in any order).
+        mass = np.bincount(
+            fits.clusters, weights=np.concatenate([c for _, c, _ in problems]), minlength=len(fits.centres)
+        )
+        pool_of_cluster = np.repeat(np.arange(len(domains)), np.diff(fits.cluster_start))
+        seen = self._unlabeled_seen[domains][pool_of_cluster]
+        cluster_n = mass / np.array(pool_sizes)[pool_of_cluster] * seen
+        cluster_mean = fits.centres.mean(axis=1)
+
+        point = np.concatenate(points_of_prompts)  # each prompt's distinct point within its pool
+        clusters = fits.clusters[point + np.repeat(fits.point_start[:-1], np.subtract(stops, starts))]
+        for q in np.flatnonzero(point < 0).tolist():  # pushed out of the pool within this call: its nearest centre
+            first, stop = fits.cluster_start[bisect.bisect_right(cuts, q) + np.arange(2)]
+            clusters[q] = first + int(((features[q] - fits.centres[first:stop]) ** 2).sum(-1).argmin())
+        prompt_n[prompts] = cluster_n[clusters]
+        prompt_mean[prompts] = cluster_mean[clusters]
+        return prompt_n, prompt_mean, len(fits.centres)
 
     def _rng_seed(self, domain: int) -> list[int]:
         # Derived from state, not a global RNG, so every rank and a resumed run draw the same inits.
@@ -554,6 +557,12 @@ class FairGRPOAdvantage:
                     np.array([count for _, _, _, count in entries], dtype=np.int64),
                 )
             )
+
+
+def _sample_std(x: np.ndarray) -> float:
+    """``np.std(x, ddof=1)`` of a 1-D array with np.std's own operations, without its Python overhead."""
+    centred = x - x.sum() / x.size
+    return math.sqrt(float((centred * centred).sum()) / (x.size - 1))
 
 
 def _means_by_key(keys: np.ndarray, values: np.ndarray, names: Sequence[Hashable]) -> dict[Any, float]:
