@@ -31,32 +31,51 @@ __all__ = [
 ]
 
 _BOXED = re.compile(r"\\boxed\s*\{")
+_BRACE = re.compile(r"[{}]")
+_ANSWER_OPEN = re.compile(r"<answer>", re.IGNORECASE)
 _ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.DOTALL | re.IGNORECASE)
+_TEXT_MACRO = re.compile(r"\\text\s*\{([^{}]*)\}")
 _SEPARATORS = re.compile(r"\s*(?:,|;|&|\band\b)\s*", re.IGNORECASE)
 _FORMAT = re.compile(r"^\s*<think>.+?</think>.*\\boxed\s*\{.+\}", re.DOTALL)
 
 
-def _boxed_spans(text: str) -> list[tuple[int, str]]:
-    """(start, content) of every \\boxed{...}, with nested braces kept inside the content."""
-    spans = []
-    for match in _BOXED.finditer(text):
-        depth, start = 1, match.end()
-        for i in range(start, len(text)):
-            depth += {"{": 1, "}": -1}.get(text[i], 0)
-            if depth == 0:
-                spans.append((match.start(), text[start:i]))
-                break
-    return spans
+def _last_boxed(text: str) -> tuple[int, str] | None:
+    """(start, content) of the last \\boxed{...} whose braces close, nested braces kept inside the content."""
+    # Completions are long and answers short: jump back from "\boxed" to "\boxed", and from brace to
+    # brace. Occurrences of "\boxed" cannot overlap, so each earlier one ends before the later starts.
+    at = text.rfind("\\boxed")
+    while at >= 0:
+        match = _BOXED.match(text, at)
+        if match:
+            depth, start = 1, match.end()
+            for brace in _BRACE.finditer(text, start):
+                depth += 1 if brace.group() == "{" else -1
+                if depth == 0:
+                    return at, text[start : brace.start()]
+        at = text.rfind("\\boxed", 0, at)
+    return None
+
+
+def _last_answer_tag(text: str) -> tuple[int, str] | None:
+    """(start, content) of the last <answer>...</answer> (any case) of the tag pattern's matches."""
+    # Only "<a" or "<A" can start one ("a" has no other case-insensitive match): try the pattern there.
+    at = text.find("<")
+    while at >= 0:
+        if text[at + 1 : at + 2] in ("a", "A") and _ANSWER_OPEN.match(text, at):
+            matches = list(_ANSWER_TAG.finditer(text, at))
+            return (matches[-1].start(), matches[-1].group(1)) if matches else None
+        at = text.find("<", at + 1)
+    return None
 
 
 def extract_answer(text: str) -> str | None:
     """The last \\boxed{...} or <answer>...</answer> content in `text`, stripped; None if there is neither."""
-    candidates = _boxed_spans(text) + [(m.start(), m.group(1)) for m in _ANSWER_TAG.finditer(text)]
-    if not candidates:
+    boxed, tag = _last_boxed(text), _last_answer_tag(text)
+    if boxed is None and tag is None:
         return None
-    answer = max(candidates)[1].strip()
+    answer = (tag if boxed is None or (tag is not None and tag[0] > boxed[0]) else boxed)[1].strip()
     # \boxed{\text{NV}} is a common LaTeX habit.
-    return re.sub(r"\\text\s*\{([^{}]*)\}", r"\1", answer).strip()
+    return _TEXT_MACRO.sub(r"\1", answer).strip() if "\\text" in answer else answer
 
 
 def split_labels(answer: str) -> list[str]:
@@ -64,7 +83,13 @@ def split_labels(answer: str) -> list[str]:
 
 
 class LabelMatcher:
-    """Maps answer text onto a label set, through the labels' own spellings and their synonyms."""
+    """Maps answer text onto a label set, through the labels' own spellings and their synonyms.
+
+    Answers repeat (a model names the same few labels over and over), so each distinct answer is
+    matched once and remembered, up to `memo_size` of them.
+    """
+
+    memo_size = 65_536
 
     def __init__(self, labels: Iterable[str]):
         self.labels = tuple(labels)
@@ -72,9 +97,18 @@ class LabelMatcher:
         for label in self.labels:
             for spelling in (label, *SYNONYMS.get(label, ())):
                 self._lookup.setdefault(label_key(spelling), label)
+        self._memo: dict[str, frozenset[str]] = {}
 
     def match(self, answer: str) -> frozenset[str]:
         """The labels `answer` names; parts naming none are dropped, so an answer naming no label gives {}."""
+        found = self._memo.get(answer)
+        if found is None:
+            if len(self._memo) >= self.memo_size:
+                self._memo.clear()
+            found = self._memo[answer] = self._match(answer)
+        return found
+
+    def _match(self, answer: str) -> frozenset[str]:
         whole = self._lookup.get(label_key(answer))
         if whole is not None:
             # Whole-answer match first: a synonym may itself contain "and" or a comma.

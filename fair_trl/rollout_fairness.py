@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
-from fair_trl.metrics import compute_fairness, dataset_classes
+from fair_trl.metrics import compute_fairness_by_attribute, dataset_classes
 from fair_trl.rewards import matcher_for
 
 __all__ = [
@@ -47,17 +47,24 @@ def fairness_results(rollouts: Sequence[Rollout], attributes: Iterable[str]) -> 
     """`compute_fairness` output per attribute that has at least one known group; {} without rollouts."""
     if not rollouts:
         return {}
-    classes = dataset_classes([r.dataset for r in rollouts], [r.reference for r in rollouts])
+    answers, references, datasets, group_maps = (list(column) for column in zip(*rollouts, strict=True))
+    # A log holds thousands of rollouts but few distinct (dataset, answer) pairs: match each pair once.
+    reference_pairs = dict.fromkeys(zip(datasets, references, strict=True))
+    classes = dataset_classes([d for d, _ in reference_pairs], [ref for _, ref in reference_pairs])
     matchers = {name: matcher_for(labels) for name, labels in classes.items()}
-    predictions = [matchers[r.dataset].match(r.answer) if r.answer else frozenset() for r in rollouts]
-    references = [matchers[r.dataset].match(r.reference) for r in rollouts]
-    datasets = [r.dataset for r in rollouts]
-    results = {}
+    for d, ref in reference_pairs:
+        reference_pairs[d, ref] = matchers[d].match(ref)
+    answer_pairs = dict.fromkeys(zip(datasets, answers, strict=True))
+    for d, answer in answer_pairs:
+        answer_pairs[d, answer] = matchers[d].match(answer) if answer else frozenset()
+    predictions = [answer_pairs[pair] for pair in zip(datasets, answers, strict=True)]
+    matched = [reference_pairs[pair] for pair in zip(datasets, references, strict=True)]
+    groups = {}
     for attribute in attributes:
-        groups = [r.groups.get(attribute) for r in rollouts]
-        if any(g is not None for g in groups):
-            results[attribute] = compute_fairness(predictions, references, datasets, groups, classes)
-    return results
+        values = [groups_of.get(attribute) for groups_of in group_maps]
+        if any(g is not None for g in values):
+            groups[attribute] = values
+    return compute_fairness_by_attribute(predictions, matched, datasets, groups, classes)
 
 
 def flatten_results(results: Mapping[str, Mapping[str, Any]], prefix: str = "fairness") -> dict[str, float]:

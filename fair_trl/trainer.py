@@ -326,12 +326,7 @@ class FairGRPOTrainer(GRPOTrainer):
         # trainer schedules its own fairness log, so no callback has to hold the trainer.
         steps = self.args.fairness_logging_steps
         step = self.state.global_step
-        if (
-            steps > 0
-            and self.args.demographic_columns
-            and step % steps == 0
-            and step != self._fairness_logged_step
-        ):
+        if steps > 0 and self.args.demographic_columns and step % steps == 0 and step != self._fairness_logged_step:
             self._fairness_logged_step = step
             self.log_fairness()
         super()._maybe_log_save_evaluate(*args, **kwargs)

@@ -3,22 +3,25 @@ whose demographics are unknown; ``use_demographics=False`` is FairGRPO-ND. Regis
 ``fair_grpo_nd`` (`fair_trl.advantages.REGISTRY`).
 
 Plain numpy on the CPU: the estimator sees one float per completion, so it costs next to nothing
-beside a training step. Nothing here imports the trainer.
+beside a training step. Domains and groups get integer ids, so every statistic is an array indexed by
+them and a step is a fixed number of array operations, not a loop over prompts. Nothing here imports
+the trainer.
 """
 
 from __future__ import annotations
 
+import bisect
 import math
 import zlib
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 import torch
 
-from fair_trl.advantages.clustering import kmeans_elbow, rollout_features
+from fair_trl.advantages.clustering import RewardPool, fit_pools, pairwise_sum, rollout_features_by_block
 from fair_trl.advantages.layout import as_prompt_rows, per_prompt
 from fair_trl.groups import UNKNOWN
 
@@ -48,15 +51,91 @@ class GroupStats:
         return self.reward_sum / self.reward_count if self.reward_count else 0.0
 
 
-def temperature(num_prompts: float, mean_reward: float, reward_floor: float = 0.0) -> float:
-    """Eq. 1: ``T = sqrt(N) * mean reward``.
+def temperature(num_prompts: Any, mean_reward: Any, reward_floor: float = 0.0) -> Any:
+    """Eq. 1: ``T = sqrt(N) * mean reward``, elementwise on arrays.
 
     The paper's rewards lie in [0, 1]; a negative mean (possible with penalty rewards) is clipped at 0
     so that two negative temperatures cannot multiply into a large positive one. ``reward_floor`` (an
     optional variant, 0 in the paper) raises that clip: a group the model almost always fails then gets
     at most ``1 / floor`` times the weight of a group at mean reward 1, instead of up to ``1 / epsilon``.
     """
-    return math.sqrt(num_prompts) * max(mean_reward, reward_floor, 0.0)
+    return np.sqrt(num_prompts) * np.maximum(np.maximum(mean_reward, reward_floor), 0.0)
+
+
+class _Sums:
+    """Eq. 1's running sums for keys with integer ids: prompts seen, and the sum and count of their rewards."""
+
+    def __init__(self) -> None:
+        self.prompts = np.zeros(0, dtype=np.int64)
+        self.reward_sum = np.zeros(0)
+        self.reward_count = np.zeros(0, dtype=np.int64)
+
+    def grow(self, size: int) -> None:
+        extra = size - len(self.prompts)
+        if extra > 0:
+            self.prompts = np.concatenate([self.prompts, np.zeros(extra, dtype=np.int64)])
+            self.reward_sum = np.concatenate([self.reward_sum, np.zeros(extra)])
+            self.reward_count = np.concatenate([self.reward_count, np.zeros(extra, dtype=np.int64)])
+
+    def add(self, ids: np.ndarray, sums: np.ndarray, counts: np.ndarray) -> None:
+        # np.add.at adds prompt by prompt in batch order, so the sums round as a loop over prompts would.
+        np.add.at(self.reward_sum, ids, sums)
+        self.prompts += np.bincount(ids, minlength=len(self.prompts))
+        self.reward_count += np.bincount(ids, weights=counts, minlength=len(self.prompts)).astype(np.int64)
+
+    def remove(self, ids: np.ndarray, sums: np.ndarray, counts: np.ndarray) -> None:
+        np.subtract.at(self.reward_sum, ids, sums)
+        self.prompts -= np.bincount(ids, minlength=len(self.prompts))
+        self.reward_count -= np.bincount(ids, weights=counts, minlength=len(self.prompts)).astype(np.int64)
+        # A key whose last prompt left starts again from exact zeros, not from rounding residue.
+        self.reward_sum[self.prompts == 0] = 0.0
+
+    def mean_reward(self) -> np.ndarray:
+        out = np.zeros(len(self.reward_sum))
+        np.divide(self.reward_sum, self.reward_count, out=out, where=self.reward_count > 0)
+        return out
+
+    def stats(self, i: int) -> GroupStats:
+        return GroupStats(int(self.prompts[i]), float(self.reward_sum[i]), int(self.reward_count[i]))
+
+    def set(self, i: int, stats: dict[str, Any]) -> None:
+        self.prompts[i] = int(stats["prompts"])
+        self.reward_sum[i] = float(stats["reward_sum"])
+        self.reward_count[i] = int(stats["reward_count"])
+
+
+class _Call(NamedTuple):
+    """What one call added to the statistics, kept with `stats_window` to take it back out later."""
+
+    domains: np.ndarray  # domain id per scored prompt, in batch order
+    groups: np.ndarray  # group id per scored prompt, -1 for an unlabeled one
+    reward_sums: np.ndarray
+    reward_counts: np.ndarray
+
+
+class _Codes:
+    """Hashable values <-> dense integer ids, in order of first appearance."""
+
+    def __init__(self) -> None:
+        self.ids: dict[Hashable, int] = {}
+        self.values: list[Hashable] = []
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def add(self, value: Hashable) -> int:
+        if value not in self.ids:
+            self.ids[value] = len(self.values)
+            self.values.append(value)
+        return self.ids[value]
+
+    def encode(self, values: Sequence[Hashable]) -> np.ndarray:
+        try:
+            return np.fromiter(map(self.ids.__getitem__, values), dtype=np.intp, count=len(values))
+        except KeyError:
+            for value in values:
+                self.add(value)
+            return np.fromiter(map(self.ids.__getitem__, values), dtype=np.intp, count=len(values))
 
 
 class FairGRPOAdvantage:
@@ -85,6 +164,9 @@ class FairGRPOAdvantage:
       this many times the smallest weight in the batch.
     - ``stats_window``: N and rbar count only the prompts of the last ``stats_window`` calls (steps)
       instead of the whole run, so the temperatures follow the model's current performance.
+
+    The running statistics are arrays indexed by domain and (domain, group) ids; `domain_stats`,
+    `group_stats`, `unlabeled_seen`, `pools` and `history` show them keyed by name.
     """
 
     needs_groups: ClassVar[bool] = True
@@ -130,13 +212,19 @@ class FairGRPOAdvantage:
     def reset(self) -> None:
         self.step = 0
         self.feature_dim: int | None = None
-        self.domain_stats: dict[str, GroupStats] = {}
-        self.group_stats: dict[str, dict[str, GroupStats]] = {}
-        self.unlabeled_seen: dict[str, int] = {}
-        self.pools: dict[str, np.ndarray] = {}
-        # Per call, what it added to the statistics: (domain, group or None, reward sum, count) per
-        # prompt; kept only with `stats_window`, to take the oldest call back out.
-        self.history: deque[list[tuple[str, str | None, float, int]]] = deque()
+        self._domains = _Codes()  # domain -> id
+        self._names = _Codes()  # group name -> id; id 0 is None, "demographics unknown"
+        self._names.add(None)
+        self._groups = _Codes()  # (domain id, group name id) -> group id
+        self._group_of_pair = np.full((0, 0), -1, dtype=np.intp)
+        self._domain_sums = _Sums()
+        self._group_sums = _Sums()
+        self._unlabeled_seen = np.zeros(0, dtype=np.int64)
+        self._pools: dict[int, RewardPool] = {}  # domain id -> its unlabeled reward vectors
+        self._crc: dict[int, int] = {}
+        self._calls: deque[_Call] = deque()
+        self._info_keys = _Codes()  # last_info["group_weight"] keys: a group's name, "unknown" for None
+        self._info_key_of_name = np.zeros(0, dtype=np.intp)
         self.last_info: dict[str, Any] = {}
 
     # -- the estimator ------------------------------------------------------------------------
@@ -148,11 +236,13 @@ class FairGRPOAdvantage:
         domains: Sequence[str],
         groups: Sequence[str | None],
     ) -> torch.Tensor:
-        grouped = as_prompt_rows(rewards, num_generations)
-        r = grouped.detach().to("cpu", torch.float64).numpy().copy()
-        # An infinite reward cannot be normalised or summed into the running statistics: it is
-        # unscorable, like NaN (the trainer counts and reports such rewards before they get here).
-        r[np.isinf(r)] = np.nan
+        grouped = as_prompt_rows(rewards, num_generations).detach()
+        if grouped.dtype not in (torch.float32, torch.float64):
+            grouped = grouped.to(torch.float64)
+        # One column per prompt (G x P): a prompt's sums over its rollouts are then a few whole-row
+        # additions (`pairwise_sum`, in the order numpy sums each prompt's row) instead of P reductions.
+        columns = np.array(grouped.cpu().numpy().T, dtype=np.float64, order="C")  # a copy, exact from either
+        r = columns.T
         prompt_domains = per_prompt(domains, num_generations, len(r), "domains")
         prompt_groups = per_prompt(groups, num_generations, len(r), "groups")
         if not self.use_demographics:
@@ -161,133 +251,194 @@ class FairGRPOAdvantage:
             self.feature_dim = num_generations
         self.step += 1
 
-        valid = ~np.isnan(r)
-        n_valid = valid.sum(axis=1)
-        reward_sums = np.where(valid, r, 0.0).sum(axis=1)
-        scored = n_valid > 0
+        # An infinite reward cannot be normalised or summed into the running statistics: it is
+        # unscorable, like NaN (the trainer counts and reports such rewards before they get here).
+        valid = np.isfinite(columns)
+        everything = bool(valid.all())  # the common case: nothing to mask
+        if everything:
+            n_valid = np.full(len(r), num_generations)
+            filled = columns
+        else:
+            columns[~valid] = np.nan
+            r = columns.T
+            n_valid = valid.sum(axis=0)
+            filled = np.where(valid, columns, 0.0)
+        reward_sums = pairwise_sum(filled)
+        scored = np.flatnonzero(n_valid > 0)
+        domain_ids = self._domains.encode(prompt_domains)
+        name_ids = self._names.encode(prompt_groups)
+        self._grow()
+        group_ids = self._group_ids(domain_ids, name_ids, scored)
 
-        s = self._normalise_within_prompt(r, valid, n_valid)
-        self._accumulate(prompt_domains, prompt_groups, reward_sums, n_valid, scored)
-        cluster_n, cluster_mean, n_clusters = self._discover_groups(r, prompt_domains, prompt_groups, scored)
+        s = self._normalise_within_prompt(columns, None if everything else valid, n_valid, reward_sums)
+        self._accumulate(domain_ids[scored], group_ids[scored], reward_sums[scored], n_valid[scored])
+        unlabeled = scored[group_ids[scored] < 0]
+        cluster_n, cluster_mean, n_clusters = self._discover_groups(r, domain_ids, unlabeled)
 
-        divisors = np.ones(len(r))  # unscored prompts keep 1: their scores are all 0 anyway
-        for q in np.flatnonzero(scored):
-            domain, group = prompt_domains[q], prompt_groups[q]
-            stats = self.domain_stats[domain]
-            t_domain = temperature(stats.prompts, stats.mean_reward, self.reward_floor)
-            if group is None:
-                t_group = temperature(cluster_n[q], cluster_mean[q], self.reward_floor)
-            else:
-                g = self.group_stats[domain][group]
-                t_group = temperature(g.prompts, g.mean_reward, self.reward_floor)
-            divisors[q] = max(t_domain * t_group, self.epsilon)
-        if self.max_weight_ratio is not None and scored.any():
+        # Eq. 1 for every domain and group at once, then each scored prompt's divisor T_g * T_gamma
+        # (eq. 2); unscored prompts keep 1: their scores are all 0 anyway.
+        t_domain = temperature(self._domain_sums.prompts, self._domain_sums.mean_reward(), self.reward_floor)
+        t_labeled = temperature(self._group_sums.prompts, self._group_sums.mean_reward(), self.reward_floor)
+        t_group = np.where(
+            group_ids >= 0,
+            t_labeled[np.maximum(group_ids, 0)] if len(t_labeled) else 0.0,
+            temperature(cluster_n, cluster_mean, self.reward_floor),
+        )
+        divisors = np.ones(len(r))
+        divisors[scored] = np.maximum(t_domain[domain_ids[scored]] * t_group[scored], self.epsilon)
+        if self.max_weight_ratio is not None and scored.size:
             divisors[scored] = np.maximum(divisors[scored], divisors[scored].max() / self.max_weight_ratio)
 
-        scaled = s / divisors[:, None]
-        batch_std = float(np.std(scaled[valid], ddof=1)) if valid.sum() > 1 else 0.0
+        scaled = np.ascontiguousarray((s / divisors).T)  # eq. 2: s' = s / max(T_g * T_gamma, epsilon)
+        # The renormalisation: every s' divided by the unbiased std of all scored s' in the batch (in
+        # the order of the flat batch, as np.std sums them).
+        scored_scaled = scaled.reshape(-1) if everything else scaled[valid.T]
+        batch_std = _sample_std(scored_scaled) if scored_scaled.size > 1 else 0.0
         if batch_std > 0 and math.isfinite(batch_std):
             advantages = scaled / batch_std
         else:  # no prompt carries signal: every s is 0
             advantages = np.zeros_like(scaled)
             batch_std = 0.0
-        advantages[~valid] = 0.0
+        if not everything:
+            advantages[~valid.T] = 0.0
 
-        signal = scored & (np.abs(s).sum(axis=1) > 0)
-        self._record_info(prompt_domains, prompt_groups, divisors, batch_std, scored, signal, n_clusters)
+        signal = scored[s.any(axis=0)[scored]]
+        self._record_info(domain_ids, name_ids, divisors, batch_std, scored, signal, n_clusters)
         return torch.from_numpy(advantages.reshape(-1)).to(dtype=rewards.dtype, device=rewards.device)
 
-    def _normalise_within_prompt(self, r: np.ndarray, valid: np.ndarray, n_valid: np.ndarray) -> np.ndarray:
-        filled = np.where(valid, r, 0.0)
-        mean = filled.sum(axis=1) / np.maximum(n_valid, 1)
-        centred = np.where(valid, r - mean[:, None], 0.0)
+    def _normalise_within_prompt(
+        self, columns: np.ndarray, valid: np.ndarray | None, n_valid: np.ndarray, reward_sums: np.ndarray
+    ) -> np.ndarray:
+        """(i): s = (r - mean(r)) / (std(r) + norm_epsilon) over each prompt's scored rollouts (a column).
+
+        ``valid``: which rewards are scored, None when all are.
+        """
+        everything = valid is None
+        g = len(columns)  # with every reward scored, each prompt has G
+        mean = reward_sums / (g if everything else np.maximum(n_valid, 1))
+        centred = columns - mean if everything else np.where(valid, columns - mean, 0.0)
         # Unbiased std as torch.std and TRL use; a prompt with < 2 scored rollouts has none, so s = 0.
-        var = (centred**2).sum(axis=1) / np.maximum(n_valid - 1, 1)
-        s = centred / (np.sqrt(var)[:, None] + self.norm_epsilon)
+        var = pairwise_sum(centred * centred) / (max(g - 1, 1) if everything else np.maximum(n_valid - 1, 1))
+        s = centred / (np.sqrt(var) + self.norm_epsilon)
         # Equal rewards carry no signal; in float64, rounding in the mean would otherwise leave tiny
         # residuals that the batch-std rescaling blows up to unit size.
-        spread = np.where(valid, r, -np.inf).max(axis=1) - np.where(valid, r, np.inf).min(axis=1)
-        s[(n_valid < 2) | (spread == 0)] = 0.0
-        return np.where(valid, s, 0.0)
+        if everything:
+            flat = columns.max(axis=0) == columns.min(axis=0)
+            if g < 2:
+                flat[:] = True
+        else:
+            spread = np.where(valid, columns, -np.inf).max(axis=0) - np.where(valid, columns, np.inf).min(axis=0)
+            flat = (n_valid < 2) | (spread == 0)
+        if flat.any():
+            s[:, flat] = 0.0
+        return s if everything else np.where(valid, s, 0.0)
 
-    def _accumulate(
-        self,
-        domains: list[str],
-        groups: list[str | None],
-        reward_sums: np.ndarray,
-        n_valid: np.ndarray,
-        scored: np.ndarray,
-    ) -> None:
-        added = []
-        for q in np.flatnonzero(scored):
-            domain, group = domains[q], groups[q]
-            total, count = float(reward_sums[q]), int(n_valid[q])
-            self.domain_stats.setdefault(domain, GroupStats()).add(total, count)
-            if group is None:
-                self.unlabeled_seen[domain] = self.unlabeled_seen.get(domain, 0) + 1
-            else:
-                self.group_stats.setdefault(domain, {}).setdefault(group, GroupStats()).add(total, count)
-            added.append((domain, group, total, count))
+    def _grow(self) -> None:
+        n_domains, n_names = len(self._domains), len(self._names)
+        self._domain_sums.grow(n_domains)
+        if len(self._unlabeled_seen) < n_domains:
+            self._unlabeled_seen = np.concatenate(
+                [self._unlabeled_seen, np.zeros(n_domains - len(self._unlabeled_seen), dtype=np.int64)]
+            )
+        rows, cols = self._group_of_pair.shape
+        if rows < n_domains or cols < n_names:
+            table = np.full((max(rows, n_domains), max(cols, n_names)), -1, dtype=np.intp)
+            table[:rows, :cols] = self._group_of_pair
+            self._group_of_pair = table
+        self._group_sums.grow(len(self._groups))
+
+    def _group_id(self, domain: int, name: int) -> int:
+        if self._group_of_pair[domain, name] < 0:
+            self._group_of_pair[domain, name] = self._groups.add((domain, name))
+            self._group_sums.grow(len(self._groups))
+        return int(self._group_of_pair[domain, name])
+
+    def _group_ids(self, domain_ids: np.ndarray, name_ids: np.ndarray, scored: np.ndarray) -> np.ndarray:
+        """The (domain, group) id of each prompt, -1 for unlabeled ones; new pairs of scored prompts get ids."""
+        group_ids = np.where(name_ids > 0, self._group_of_pair[domain_ids, name_ids], -1)
+        new = scored[(name_ids[scored] > 0) & (group_ids[scored] < 0)]
+        if new.size:
+            for q in new.tolist():
+                self._group_id(int(domain_ids[q]), int(name_ids[q]))
+            group_ids = np.where(name_ids > 0, self._group_of_pair[domain_ids, name_ids], -1)
+        return group_ids
+
+    def _accumulate(self, domains: np.ndarray, groups: np.ndarray, reward_sums: np.ndarray, counts: np.ndarray) -> None:
+        """Add the scored prompts of this call to the running sums of eq. 1 (and drop the oldest call's)."""
+        self._domain_sums.add(domains, reward_sums, counts)
+        labeled = groups >= 0
+        self._group_sums.add(groups[labeled], reward_sums[labeled], counts[labeled])
+        self._unlabeled_seen += np.bincount(domains[~labeled], minlength=len(self._unlabeled_seen))
         if self.stats_window is None:
             return
-        self.history.append(added)
-        while len(self.history) > self.stats_window:
-            self._forget(self.history.popleft())
+        self._calls.append(_Call(domains, groups, reward_sums, counts))
+        while len(self._calls) > self.stats_window:
+            self._forget(self._calls.popleft())
 
-    def _forget(self, added: list[tuple[str, str | None, float, int]]) -> None:
+    def _forget(self, call: _Call) -> None:
         """Take one old call's prompts back out of the windowed statistics."""
-        for domain, group, total, count in added:
-            stats = self.domain_stats[domain]
-            stats.remove(total, count)
-            if stats.prompts == 0:
-                del self.domain_stats[domain]
-            if group is None:
-                self.unlabeled_seen[domain] -= 1
-                if self.unlabeled_seen[domain] == 0:
-                    del self.unlabeled_seen[domain]
-            else:
-                group_stats = self.group_stats[domain][group]
-                group_stats.remove(total, count)
-                if group_stats.prompts == 0:
-                    del self.group_stats[domain][group]
-                    if not self.group_stats[domain]:
-                        del self.group_stats[domain]
+        self._domain_sums.remove(call.domains, call.reward_sums, call.reward_counts)
+        labeled = call.groups >= 0
+        self._group_sums.remove(call.groups[labeled], call.reward_sums[labeled], call.reward_counts[labeled])
+        self._unlabeled_seen -= np.bincount(call.domains[~labeled], minlength=len(self._unlabeled_seen))
 
     def _discover_groups(
-        self, r: np.ndarray, domains: list[str], groups: list[str | None], scored: np.ndarray
+        self, r: np.ndarray, domain_ids: np.ndarray, unlabeled: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray, int]:
-        """Cluster each domain's unlabeled prompts; return per-prompt cluster (N, mean reward)."""
-        cluster_n = np.zeros(len(r))
-        cluster_mean = np.zeros(len(r))
-        by_domain: dict[str, list[int]] = {}
-        for q in np.flatnonzero(scored):
-            if groups[q] is None:
-                by_domain.setdefault(domains[q], []).append(int(q))
-        n_clusters = 0
+        """(ii): cluster each domain's unlabeled prompts; return per-prompt cluster (N, mean reward)."""
+        prompt_n = np.zeros(len(r))
+        prompt_mean = np.zeros(len(r))
+        if not unlabeled.size:
+            return prompt_n, prompt_mean, 0
         assert self.feature_dim is not None
-        for domain, members in by_domain.items():
-            features = rollout_features(r[members], self.feature_dim)
-            pool = self.pools.get(domain)
-            pool = features if pool is None else np.concatenate([pool, features])
-            pool = pool[-self.cluster_pool_size :]
-            self.pools[domain] = pool
-            centres, pool_labels = kmeans_elbow(
-                pool,
-                max_k=self.max_clusters,
-                threshold=self.elbow_threshold,
-                seed=_rng_seed(self.seed, self.step, domain),
-            )
-            share = np.bincount(pool_labels, minlength=len(centres)) / len(pool)
-            labels = ((features[:, None, :] - centres[None]) ** 2).sum(-1).argmin(axis=1)
-            cluster_n[members] = share[labels] * self.unlabeled_seen[domain]
-            cluster_mean[members] = centres[labels].mean(axis=1)
-            n_clusters += len(centres)
-        return cluster_n, cluster_mean, n_clusters
+        by_domain = np.argsort(domain_ids[unlabeled], kind="stable")  # a domain's prompts together, in order
+        prompts = unlabeled[by_domain]
+        blocks = domain_ids[prompts]
+        features = rollout_features_by_block(r[prompts], blocks, self.feature_dim)
+        cuts = (np.flatnonzero(blocks[1:] != blocks[:-1]) + 1).tolist()
+        starts, stops = [0, *cuts], [*cuts, len(prompts)]
+        domains = blocks[starts].tolist()
+        problems, points_of_prompts, pool_sizes = [], [], []
+        for domain, start, stop in zip(domains, starts, stops, strict=True):
+            pool = self._pools.get(domain)
+            if pool is None:
+                pool = self._pools[domain] = RewardPool(self.cluster_pool_size, self.feature_dim)
+            added = pool.extend(features[start:stop])
+            points, counts, _ = pool.distinct()
+            points_of_prompts.append(pool.point_of(added))
+            pool_sizes.append(len(pool))
+            problems.append((points, counts, self._rng_seed(domain)))
+        fits = fit_pools(problems, max_k=self.max_clusters, threshold=self.elbow_threshold)
+
+        # A cluster's N: its share of its domain's pool times the domain's unlabeled prompts so far
+        # (counts are whole numbers: their sums are exact in any order).
+        mass = np.bincount(
+            fits.clusters, weights=np.concatenate([c for _, c, _ in problems]), minlength=len(fits.centres)
+        )
+        pool_of_cluster = np.repeat(np.arange(len(domains)), np.diff(fits.cluster_start))
+        seen = self._unlabeled_seen[domains][pool_of_cluster]
+        cluster_n = mass / np.array(pool_sizes)[pool_of_cluster] * seen
+        cluster_mean = fits.centres.mean(axis=1)
+
+        point = np.concatenate(points_of_prompts)  # each prompt's distinct point within its pool
+        clusters = fits.clusters[point + np.repeat(fits.point_start[:-1], np.subtract(stops, starts))]
+        for q in np.flatnonzero(point < 0).tolist():  # pushed out of the pool within this call: its nearest centre
+            first, stop = fits.cluster_start[bisect.bisect_right(cuts, q) + np.arange(2)]
+            clusters[q] = first + int(((features[q] - fits.centres[first:stop]) ** 2).sum(-1).argmin())
+        prompt_n[prompts] = cluster_n[clusters]
+        prompt_mean[prompts] = cluster_mean[clusters]
+        return prompt_n, prompt_mean, len(fits.centres)
+
+    def _rng_seed(self, domain: int) -> list[int]:
+        # Derived from state, not a global RNG, so every rank and a resumed run draw the same inits.
+        if domain not in self._crc:
+            self._crc[domain] = zlib.crc32(str(self._domains.values[domain]).encode())
+        return [self.seed, self.step, self._crc[domain]]
 
     def _record_info(
         self,
-        domains: list[str],
-        groups: list[str | None],
+        domain_ids: np.ndarray,
+        name_ids: np.ndarray,
         divisors: np.ndarray,
         batch_std: float,
         scored: np.ndarray,
@@ -296,19 +447,61 @@ class FairGRPOAdvantage:
     ) -> None:
         # The factor each prompt's normalised scores were multiplied by: A = s * weight.
         weight = 1.0 / (divisors * batch_std) if batch_std > 0 else np.zeros_like(divisors)
-        per_domain: dict[str, list[float]] = {}
-        per_group: dict[str, list[float]] = {}
-        for q in np.flatnonzero(scored):
-            per_domain.setdefault(domains[q], []).append(float(weight[q]))
+        domain_names = self._domains.values
         # Per group only prompts whose rewards differ: the weight of an all-equal prompt multiplies zeros.
-        for q in np.flatnonzero(signal):
-            per_group.setdefault(groups[q] or UNKNOWN, []).append(float(weight[q]))
+        # A group's key is its name across domains, "unknown" for unlabeled prompts (and an empty name).
+        if len(self._info_key_of_name) != len(self._names):
+            keys = self._info_keys = _Codes()
+            self._info_key_of_name = np.array([keys.add(name or UNKNOWN) for name in self._names.values], dtype=np.intp)
+        key_of_name = self._info_key_of_name
         self.last_info = {
-            "weight": {d: float(np.mean(w)) for d, w in per_domain.items()},
-            "group_weight": {g: float(np.mean(w)) for g, w in per_group.items()},
+            "weight": _means_by_key(domain_ids[scored], weight[scored], domain_names),
+            "group_weight": _means_by_key(key_of_name[name_ids[signal]], weight[signal], self._info_keys.values),
             "batch_std": batch_std,
             "num_clusters": n_clusters,
         }
+
+    # -- views of the statistics, keyed by name -------------------------------------------------
+
+    @property
+    def domain_stats(self) -> dict[str, GroupStats]:
+        """Per domain seen (and not forgotten): prompts, reward sum and count."""
+        sums = self._domain_sums
+        return {self._domains.values[d]: sums.stats(d) for d in np.flatnonzero(sums.prompts > 0).tolist()}
+
+    @property
+    def group_stats(self) -> dict[str, dict[str, GroupStats]]:
+        """Per domain, per demographic group seen: prompts, reward sum and count."""
+        out: dict[str, dict[str, GroupStats]] = {}
+        sums = self._group_sums
+        for g in np.flatnonzero(sums.prompts > 0).tolist():
+            d, n = self._groups.values[g]
+            out.setdefault(self._domains.values[d], {})[self._names.values[n]] = sums.stats(g)
+        return out
+
+    @property
+    def unlabeled_seen(self) -> dict[str, int]:
+        """Per domain, the unlabeled prompts counted so far (within the window, with `stats_window`)."""
+        return {self._domains.values[d]: int(self._unlabeled_seen[d]) for d in np.flatnonzero(self._unlabeled_seen)}
+
+    @property
+    def pools(self) -> dict[str, np.ndarray]:
+        """Per domain, its pool of recent unlabeled reward vectors, oldest first."""
+        return {self._domains.values[d]: pool.rows() for d, pool in self._pools.items()}
+
+    @property
+    def history(self) -> list[list[tuple[str, str | None, float, int]]]:
+        """With `stats_window`: per call in the window, (domain, group or None, reward sum, count) per prompt."""
+        return [self._call_entries(call) for call in self._calls]
+
+    def _call_entries(self, call: _Call) -> list[tuple[str, str | None, float, int]]:
+        names, groups = self._names.values, self._groups.values
+        return [
+            (self._domains.values[d], None if g < 0 else names[groups[g][1]], float(total), int(count))
+            for d, g, total, count in zip(
+                call.domains.tolist(), call.groups.tolist(), call.reward_sums, call.reward_counts.tolist(), strict=True
+            )
+        ]
 
     # -- state ----------------------------------------------------------------------------------
 
@@ -320,7 +513,7 @@ class FairGRPOAdvantage:
             "feature_dim": self.feature_dim,
             "domain_stats": {d: asdict(s) for d, s in self.domain_stats.items()},
             "group_stats": {d: {g: asdict(s) for g, s in gs.items()} for d, gs in self.group_stats.items()},
-            "unlabeled_seen": dict(self.unlabeled_seen),
+            "unlabeled_seen": self.unlabeled_seen,
             "pools": {d: pool.tolist() for d, pool in self.pools.items()},
             "history": [[list(entry) for entry in added] for added in self.history],
         }
@@ -328,21 +521,54 @@ class FairGRPOAdvantage:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state.get("version") != 1:
             raise ValueError(f"unsupported FairGRPOAdvantage state version {state.get('version')!r}")
+        self.reset()
         self.step = int(state["step"])
         self.feature_dim = state["feature_dim"]
-        self.domain_stats = {d: GroupStats(**s) for d, s in state["domain_stats"].items()}
-        self.group_stats = {d: {g: GroupStats(**s) for g, s in gs.items()} for d, gs in state["group_stats"].items()}
-        self.unlabeled_seen = {d: int(n) for d, n in state["unlabeled_seen"].items()}
-        self.pools = {
-            d: np.asarray(pool, dtype=np.float64).reshape(-1, self.feature_dim or 0)
-            for d, pool in state["pools"].items()
-        }
-        self.history = deque(
-            [(str(d), g, float(total), int(count)) for d, g, total, count in added]
-            for added in state.get("history", [])
-        )
+
+        def domain(name: str) -> int:
+            d = self._domains.add(name)
+            self._grow()
+            return d
+
+        def group(domain_name: str, name: str | None) -> int:
+            d, n = domain(domain_name), self._names.add(name)
+            self._grow()
+            return -1 if name is None else self._group_id(d, n)
+
+        for d, stats in state["domain_stats"].items():
+            self._domain_sums.set(domain(d), stats)
+        for d, groups in state["group_stats"].items():
+            for g, stats in groups.items():
+                self._group_sums.set(group(d, g), stats)
+        for d, n in state["unlabeled_seen"].items():
+            self._unlabeled_seen[domain(d)] = int(n)
+        dim = self.feature_dim or 0
+        for d, rows in state["pools"].items():
+            pool = self._pools[domain(d)] = RewardPool(self.cluster_pool_size, dim)
+            # As saved, even if longer than this estimator's pool size: the next call cuts it.
+            pool.extend(np.asarray(rows, dtype=np.float64).reshape(-1, dim), truncate=False)
+        for added in state.get("history", []):
+            entries = [(str(d), g, float(total), int(count)) for d, g, total, count in added]
+            self._calls.append(
+                _Call(
+                    np.array([domain(d) for d, _, _, _ in entries], dtype=np.intp),
+                    np.array([group(d, g) for d, g, _, _ in entries], dtype=np.intp),
+                    np.array([total for _, _, total, _ in entries], dtype=np.float64),
+                    np.array([count for _, _, _, count in entries], dtype=np.int64),
+                )
+            )
 
 
-def _rng_seed(seed: int, step: int, domain: str) -> list[int]:
-    # Derived from state, not a global RNG, so every rank and a resumed run draw the same inits.
-    return [seed, step, zlib.crc32(str(domain).encode())]
+def _sample_std(x: np.ndarray) -> float:
+    """``np.std(x, ddof=1)`` of a 1-D array with np.std's own operations, without its Python overhead."""
+    centred = x - x.sum() / x.size
+    return math.sqrt(float((centred * centred).sum()) / (x.size - 1))
+
+
+def _means_by_key(keys: np.ndarray, values: np.ndarray, names: Sequence[Hashable]) -> dict[Any, float]:
+    """{name: mean of its values} for the keys present."""
+    if not keys.size:
+        return {}
+    counts = np.bincount(keys)
+    totals = np.bincount(keys, weights=values)
+    return {names[k]: float(totals[k] / counts[k]) for k in np.flatnonzero(counts).tolist()}

@@ -37,14 +37,16 @@ def as_prompt_rows(rewards: torch.Tensor, num_generations: int) -> torch.Tensor:
 
 def per_prompt(values: Sequence[Any], num_generations: int, num_prompts: int, name: str) -> list[Any]:
     """One value per prompt from a per-completion sequence, insisting all G copies agree."""
-    values = list(values)
+    if not isinstance(values, list | tuple):
+        values = list(values)
     if len(values) != num_prompts * num_generations:
         raise ValueError(
             f"{name} has {len(values)} entries but rewards has {num_prompts * num_generations} "
             f"({num_prompts} prompts x {num_generations} generations)"
         )
-    per_prompt = values[::num_generations]
-    if all(values[j::num_generations] == per_prompt for j in range(1, num_generations)):
+    first = values[::num_generations]
+    per_prompt = list(first)
+    if all(values[j::num_generations] == first for j in range(1, num_generations)):
         return per_prompt
     for q, value in enumerate(per_prompt):
         block = values[q * num_generations : (q + 1) * num_generations]

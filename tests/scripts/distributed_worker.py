@@ -144,9 +144,7 @@ def weights_digest(model) -> str:
 
 
 def buffered(model_dir: str, out: str) -> dict:
-    args = config(
-        os.path.join(out, "buffered"), max_steps=4, gradient_accumulation_steps=2, steps_per_generation=4
-    )
+    args = config(os.path.join(out, "buffered"), max_steps=4, gradient_accumulation_steps=2, steps_per_generation=4)
     trainer = RecordingTrainer(model=model_dir, reward_funcs=length_reward, args=args, train_dataset=dataset())
     trainer.train()
     accelerator = trainer.accelerator
