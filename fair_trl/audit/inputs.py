@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["SYNTHETIC", "AuditRows", "decode_image", "load_rows"]
+__all__ = ["SYNTHETIC", "AuditRows", "decode_image", "load_rows", "prepare_rows"]
 
 SYNTHETIC = "synthetic"
 PROMPT_COLUMN = "prompt"
@@ -121,10 +121,20 @@ def load_rows(
     id_column: str | None = None,
 ) -> AuditRows:
     """One split of `source`, checked: the columns it lacks are named in the error, with the ones it has."""
+    return prepare_rows(_load(source, split, dict(options or {})), source, split, attributes, id_column)
+
+
+def prepare_rows(
+    dataset: Any,
+    source: str,
+    split: str = "test",
+    attributes: Sequence[str] = ("age", "sex"),
+    id_column: str | None = None,
+) -> AuditRows:
+    """A loaded `datasets.Dataset` checked for what the audit needs (`source` and `split` name it in errors)."""
     from datasets import Image
     from datasets import Sequence as SequenceFeature
 
-    dataset = _load(source, split, dict(options or {}))
     columns = list(dataset.column_names)
     needed = [PROMPT_COLUMN, SOLUTION_COLUMN, *attributes] + ([id_column] if id_column else [])
     missing = [c for c in needed if c not in columns]
