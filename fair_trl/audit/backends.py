@@ -21,6 +21,7 @@ __all__ = [
     "HFBackend",
     "PromptInput",
     "VLLMBackend",
+    "is_multimodal",
     "load_backend",
     "load_processor",
     "render_prompts",
@@ -182,6 +183,25 @@ class HFBackend:
         return _tokenizer(self.processor).batch_decode(new_tokens, skip_special_tokens=True)
 
 
+# Models whose image tokens attend to each other both ways (a prefix-LM mask), as vLLM lists them.
+_BIDIRECTIONAL_IMAGE_MODELS = ("gemma3", "paligemma")
+
+
+def _warn_on_cpu_image_attention(llm: Any, processor: Any) -> None:
+    # Measured on the tiny Gemma 3 (tests/test_vllm.py): vLLM's CPU attention has no prefix-LM mask, so image
+    # tokens attend causally there, and its answers equal transformers' only with the mask made causal.
+    from fair_trl.vllm_compat import vllm_on_cpu
+
+    model_type = getattr(llm.llm_engine.model_config.hf_config, "model_type", None)
+    if is_multimodal(processor) and model_type in _BIDIRECTIONAL_IMAGE_MODELS and vllm_on_cpu():
+        logger.warning(
+            "vLLM's CPU attention attends causally over %s's image tokens, where transformers attends both ways: "
+            "answers to image prompts can differ from --backend hf's (vLLM's FlashAttention backend on GPUs "
+            "implements the mask; not checked here)",
+            model_type,
+        )
+
+
 class VLLMBackend:
     """An offline ``vllm.LLM`` of its own on the model's path or Hub id."""
 
@@ -195,6 +215,7 @@ class VLLMBackend:
         if is_multimodal(processor):
             options.setdefault("limit_mm_per_prompt", {"image": 1})
         self.llm = LLM(model=model, **options)
+        _warn_on_cpu_image_attention(self.llm, processor)
         self.sampling = SamplingParams(
             max_tokens=settings.max_new_tokens,
             temperature=settings.temperature,
@@ -211,7 +232,11 @@ class VLLMBackend:
         outputs = self.llm.generate(
             requests, self.sampling, use_tqdm=False, tokenization_kwargs={"add_special_tokens": False}
         )
-        return [o.outputs[0].text for o in outputs]
+        # Decoded by the model's own tokenizer, as the hf backend decodes: vLLM's incremental detokenizer
+        # can space a word-level vocabulary differently, and the same tokens must read the same.
+        return _tokenizer(self.processor).batch_decode(
+            [list(o.outputs[0].token_ids) for o in outputs], skip_special_tokens=True
+        )
 
 
 def load_backend(

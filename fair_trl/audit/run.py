@@ -15,7 +15,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fair_trl.audit.backends import GenerationBackend, GenerationSettings, PromptInput, load_backend, render_prompts
+from fair_trl.audit.backends import (
+    GenerationBackend,
+    GenerationSettings,
+    PromptInput,
+    is_multimodal,
+    load_backend,
+    render_prompts,
+)
 from fair_trl.audit.inputs import SOLUTION_COLUMN, AuditRows, load_rows
 from fair_trl.audit.store import PREDICTIONS_FILE, PredictionStore
 
@@ -149,6 +156,7 @@ def answer_rows(
     todo = [i for i in selected if ids[i] not in store.done]
     result = AuditProgress(rows=len(selected), resumed=len(selected) - len(todo))
     result.dropped_partial_line = store.dropped_partial_line
+    multimodal = is_multimodal(backend.processor)
     # tqdm's rate is over the rows answered by this run: `initial` rows were done before it started.
     with tqdm(total=len(selected), initial=result.resumed, unit="row", desc="audit", disable=not progress) as bar:
         for batch in rows.batches(todo, batch_size):
@@ -160,7 +168,7 @@ def answer_rows(
                     result.no_reference.append(row_id)
                     continue
                 try:
-                    row_images = rows.images(row)
+                    row_images = rows.images(row) if multimodal else []  # a text-only model reads the text
                 except ValueError as err:
                     result.image_errors.append((row_id, str(err)))
                     continue
