@@ -258,8 +258,8 @@ def test_audit_backends_hf_and_vllm_give_the_same_greedy_answers(tmp_path, monke
     """`fair-trl audit --backend hf` and `--backend vllm`: the same prompts, images and decoding, so the same answers.
 
     On the tiny Gemma 3 the comparison is with transformers' image tokens attending causally: vLLM's CPU
-    attention has no prefix-LM mask (measured: with Gemma 3's own two-way mask over the image tokens, 20 of 33
-    answers agree; with it made causal, all 33).
+    attention has no prefix-LM mask (with Gemma 3's own two-way mask over the image tokens, 20 of 33 answers
+    agreed here, as this test prints; with it made causal, all of them).
     """
     _skip_unless_cpu_backend()
     text = save_tiny_model(tmp_path / "text", kind="text", vllm_compatible=True)
@@ -270,6 +270,10 @@ def test_audit_backends_hf_and_vllm_give_the_same_greedy_answers(tmp_path, monke
     vlm = save_tiny_model(tmp_path / "vlm", kind="vlm", vllm_compatible=True)
     served = _audit_answers(vlm, tmp_path / "vlm-vllm", "vllm")
     gc.collect()
+    two_way = _audit_answers(vlm, tmp_path / "vlm-hf-two-way", "hf")
+    # What the README quotes: how many answers agree while transformers keeps Gemma 3's own mask.
+    print(f"tiny Gemma 3, vLLM CPU vs transformers with its prefix-LM mask: "
+          f"{sum(a == b for a, b in zip(served, two_way, strict=True))} of {len(served)} greedy answers agree")  # fmt: skip
     from fair_trl.audit.backends import HFBackend
 
     generate = HFBackend.generate
