@@ -272,8 +272,8 @@ def test_audit_backends_hf_and_vllm_give_the_same_greedy_answers(tmp_path, monke
     gc.collect()
     two_way = _audit_answers(vlm, tmp_path / "vlm-hf-two-way", "hf")
     # What the README quotes: how many answers agree while transformers keeps Gemma 3's own mask.
-    print(f"tiny Gemma 3, vLLM CPU vs transformers with its prefix-LM mask: "
-          f"{sum(a == b for a, b in zip(served, two_way, strict=True))} of {len(served)} greedy answers agree")  # fmt: skip
+    agree = sum(a == b for a, b in zip(served, two_way, strict=True))
+    print(f"tiny Gemma 3, vLLM CPU vs transformers with its prefix-LM mask: {agree} of {len(served)} answers agree")
     from fair_trl.audit.backends import HFBackend
 
     generate = HFBackend.generate
