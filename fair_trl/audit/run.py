@@ -35,6 +35,7 @@ __all__ = [
     "merge_shards",
     "run_audit",
     "shard_file",
+    "write_audit_report",
 ]
 
 MANIFEST_FILE = "audit.json"
@@ -255,16 +256,10 @@ def run_audit(
     )
 
 
-def audit(
-    settings: AuditSettings,
-    *,
-    rows: AuditRows | None = None,
-    backend: GenerationBackend | None = None,
-) -> tuple[dict[str, Any], dict[str, Path]]:
-    """`run_audit`, then the report of the whole predictions file: (report, paths written by name)."""
+def write_audit_report(settings: AuditSettings, progress: AuditProgress) -> tuple[dict[str, Any], dict[str, Path]]:
+    """The report of the whole ``OUT/predictions.jsonl`` and what this run did: (report, paths written by name)."""
     from fair_trl.audit.report import audit_report, write_report
 
-    progress = run_audit(settings, rows=rows, backend=backend)
     out = Path(settings.output_dir)
     report = audit_report(
         out / PREDICTIONS_FILE,
@@ -284,3 +279,13 @@ def audit(
         "dropped_partial_line": progress.dropped_partial_line,
     }
     return report, write_report(out, report, info, plots=settings.plots)
+
+
+def audit(
+    settings: AuditSettings,
+    *,
+    rows: AuditRows | None = None,
+    backend: GenerationBackend | None = None,
+) -> tuple[dict[str, Any], dict[str, Path]]:
+    """`run_audit`, then the report of the whole predictions file: (report, paths written by name)."""
+    return write_audit_report(settings, run_audit(settings, rows=rows, backend=backend))

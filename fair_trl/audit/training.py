@@ -9,6 +9,7 @@ its per-group F1 plot and the command that reproduces it.
 
 from __future__ import annotations
 
+import logging
 import shlex
 import shutil
 from collections.abc import Mapping
@@ -17,10 +18,12 @@ from typing import Any
 
 from fair_trl.audit.backends import load_backend
 from fair_trl.audit.inputs import prepare_rows
-from fair_trl.audit.report import PLOT_FILES, audit_report, write_report
-from fair_trl.audit.run import AuditSettings, merge_shards, run_audit
+from fair_trl.audit.report import PLOT_FILES
+from fair_trl.audit.run import AuditProgress, AuditSettings, merge_shards, run_audit, write_audit_report
 
 __all__ = ["AUDIT_DIR", "audit_trained_model", "reproduce_command"]
+
+logger = logging.getLogger(__name__)
 
 AUDIT_DIR = "audit"
 
@@ -84,24 +87,18 @@ def audit_trained_model(
     rows = prepare_rows(eval_dataset, source, split, attributes)
     engine = load_backend(backend, str(model_dir), settings.generation(), device=str(accelerator.device))
     progress = run_audit(settings, rows=rows, backend=engine, shard=(rank, world))
+    if progress.image_errors and rank != 0:  # process 0's go into the report
+        logger.warning("process %d: %d test rows not answered, their image did not decode: %s", rank,
+                       len(progress.image_errors), progress.image_errors[:20])  # fmt: skip
     accelerator.wait_for_everyone()
     if rank != 0:
         return None
     predictions = merge_shards(out, world, rows.ids())
-    report = audit_report(
-        predictions, attributes, n_bootstrap=bootstrap, seed=settings.seed, age_bins=settings.age_bins,
-        max_age=settings.max_age,
-    )  # fmt: skip
-    info = {
-        "settings": {**settings.manifest(), "batch_size": batch_size, "limit": None},
-        "rows": len(rows),
-        "resumed": 0,
-        "answered": report["samples"],
-        "image_errors": progress.image_errors,  # process 0's; the others' are in their logs
-        "no_reference": progress.no_reference,
-        "dropped_partial_line": False,
-    }
-    written = write_report(out, report, info)
+    answered = sum(1 for line in predictions.read_text(encoding="utf-8").splitlines() if line.strip())
+    # Image failures and rows without a reference: process 0's; the other processes logged theirs.
+    joined = AuditProgress(rows=len(rows), answered=answered, image_errors=progress.image_errors,
+                           no_reference=progress.no_reference)  # fmt: skip
+    report, written = write_audit_report(settings, joined)
     command = reproduce_command(settings, hub_model_id or str(model_dir))
     note = (
         f"These numbers are `fair-trl audit` of this model on the {split} split: greedy answers, at most "
