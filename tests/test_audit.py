@@ -309,3 +309,16 @@ def test_compute_fairness_of_the_scripted_file_matches_the_audit_point_estimates
     direct = compute_fairness(scored.predictions, scored.references, scored.datasets, scored.groups["age"],
                               scored.classes)  # fmt: skip
     assert report["attributes"]["age"]["f1"] == direct["f1"] and report["samples"] == len(lines)
+
+
+def test_without_matplotlib_the_report_is_written_with_its_tables_only(tmp_path, monkeypatch):
+    import fair_trl.audit.plots
+
+    monkeypatch.setattr(fair_trl.audit.plots, "plotting_available", lambda: False)
+    path = scripted_predictions(tmp_path / "p.jsonl", wrong_for=DISADVANTAGED, rows=300)
+    from fair_trl.audit.report import write_report
+
+    written = write_report(tmp_path / "out", audit_report(path, ["age"], n_bootstrap=10))
+    assert set(written) == {"fairness", "report"}
+    assert "matplotlib is not installed" in written["report"].read_text()
+    assert not list((tmp_path / "out").glob("*.png"))

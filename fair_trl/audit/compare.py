@@ -11,6 +11,7 @@ change) and says what happened to F1 meanwhile.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,8 @@ from fair_trl.evaluate import Predictions, read_predictions
 from fair_trl.metrics import bootstrap_summaries, compute_fairness
 
 __all__ = ["CHANGED_METRICS", "COMPARE_FILES", "align", "compare_files", "render_markdown", "write_comparison"]
+
+logger = logging.getLogger(__name__)
 
 # (shown name, compute_fairness key): the summary metrics whose change is reported.
 CHANGED_METRICS = (("F1", "f1"), ("Acc", "acc"), ("delta_F1", "delta_f1"), ("EOD", "EOD"), ("PP", "PP"),
@@ -199,9 +202,11 @@ def write_comparison(out_dir: str | Path, comparison: Mapping[str, Any], plots: 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written: dict[str, Path] = {}
-    if plots:
-        from fair_trl.audit.plots import plot_group_differences
+    from fair_trl.audit.plots import NO_MATPLOTLIB, plot_group_differences, plotting_available
 
+    if plots and not plotting_available():
+        logger.warning(NO_MATPLOTLIB)
+    elif plots:
         drawn = plot_group_differences(comparison, out / COMPARE_FILES["plot"])
         if drawn is not None:
             written["plot"] = drawn

@@ -7,12 +7,27 @@ Each function returns the path it wrote, or None when the report holds nothing t
 
 from __future__ import annotations
 
+import importlib.util
 import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["plot_f1_heatmap", "plot_group_differences", "plot_group_f1", "plot_worst_group_confusion"]
+__all__ = [
+    "NO_MATPLOTLIB",
+    "plot_f1_heatmap",
+    "plot_group_differences",
+    "plot_group_f1",
+    "plot_worst_group_confusion",
+    "plotting_available",
+]
+
+NO_MATPLOTLIB = "plots not drawn: matplotlib is not installed (pip install matplotlib)"
+
+
+def plotting_available() -> bool:
+    """Whether matplotlib can be imported; without it the reports are written with their tables only."""
+    return importlib.util.find_spec("matplotlib") is not None
 
 
 def _figure(width: float, height: float) -> Any:

@@ -10,6 +10,7 @@ could not be scored, ``OUT/fairness.json``, ``OUT/report.md`` and the plots.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,8 @@ __all__ = [
     "score",
     "write_report",
 ]
+
+logger = logging.getLogger(__name__)
 
 FAIRNESS_FILE = "fairness.json"
 REPORT_FILE = "report.md"
@@ -216,6 +219,8 @@ def render_markdown(report: Mapping[str, Any], audit: Mapping[str, Any] | None =
     lines += summary_lines(report)
     lines += [""] + markdown_tables(report["attributes"])
     lines += ["## Plots", ""]
+    if audit.get("plots_skipped"):
+        lines += [audit["plots_skipped"], ""]
     for name, file in PLOT_FILES.items():
         if audit.get("plots", {}).get(name):
             lines += [f"![{name}]({file})", ""]
@@ -239,11 +244,15 @@ def write_report(
 ) -> dict[str, Path]:
     """``fairness.json``, the plots and ``report.md`` in `out_dir`; returns the paths written by name."""
     out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
     written: dict[str, Path] = {}
     audit = dict(audit or {})
-    if plots:
-        from fair_trl.audit import plots as plotting
+    from fair_trl.audit import plots as plotting
 
+    if plots and not plotting.plotting_available():
+        logger.warning(plotting.NO_MATPLOTLIB)
+        audit["plots_skipped"] = plotting.NO_MATPLOTLIB
+    elif plots:
         drawn = {
             "group_f1": plotting.plot_group_f1(report, out / PLOT_FILES["group_f1"]),
             "heatmap": plotting.plot_f1_heatmap(report, out / PLOT_FILES["heatmap"]),
