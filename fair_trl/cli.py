@@ -1,10 +1,12 @@
-"""`fair-trl` command line: demo, evaluate, build-dataset, tiny-model."""
+"""`fair-trl` command line: demo, evaluate, audit, compare, build-dataset, tiny-model."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from dataclasses import dataclass, field, fields
+from typing import Any
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,6 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="upper bounds of the age bins a1, a2, ..., as in training's age_bins (default: 25 50 75)",
     )
     evaluate.add_argument("--max-age", type=float, default=None, help="ages above this are invalid (default 120)")
+
+    _add_audit_parsers(commands)
 
     build = commands.add_parser(
         "build-dataset", help="build a clinical dataset in the project's schema and save it with save_to_disk"
@@ -78,6 +82,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     if args.command == "evaluate":
         return _evaluate(args)
+    elif args.command == "audit":
+        return _audit(parser, args)
+    elif args.command == "compare":
+        return _compare(args)
     elif args.command == "build-dataset":
         return _build_dataset(parser, args)
     elif args.command == "tiny-model":
@@ -191,20 +199,140 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _build_dataset(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+def _add_grouping_options(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--attributes", nargs="+", default=["age", "sex"], help="demographic columns (default: age sex)"
+    )
+    command.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for 95%% intervals")
+    command.add_argument("--seed", type=int, default=0, help="seed of the resamples (and of sampled generation)")
+    command.add_argument("--age-bins", type=float, nargs="+", default=None, metavar="BOUND",
+                         help="upper bounds of the age bins a1, a2, ... (default: 25 50 75)")  # fmt: skip
+    command.add_argument("--max-age", type=float, default=None, help="ages above this are invalid (default 120)")
+    command.add_argument("--no-plots", action="store_true", help="write the tables only")
+
+
+def _add_audit_parsers(commands: Any) -> None:
+    from fair_trl.audit.backends import BACKENDS
+
+    audit = commands.add_parser(
+        "audit",
+        help="answer a dataset split with a model (resumable), then write the fairness report and plots",
+        description="Answer every row of a split with the dataset's prompt, greedily by default, into "
+        "OUT/predictions.jsonl (a rerun resumes), then write OUT/report.md, OUT/fairness.json and the plots.",
+    )
+    audit.add_argument("--model", required=True, help="local path or Hub id (image-text-to-text or causal LM)")
+    audit.add_argument("--dataset", required=True,
+                       help="'synthetic', a folder written by fair-trl build-dataset, or a Hub dataset")  # fmt: skip
+    audit.add_argument("--split", default="test", help="split to answer (default: test)")
+    audit.add_argument("--backend", choices=BACKENDS, default="hf", help="generation engine (default: hf)")
+    audit.add_argument("-o", "--output-dir", required=True, help="where predictions, report and plots go")
+    audit.add_argument("--max-new-tokens", type=int, default=256, help="generation length cap (default 256)")
+    audit.add_argument("--batch-size", type=int, default=8, help="rows per generation batch (default 8)")
+    audit.add_argument("--limit", type=int, default=None, help="answer only the first N rows of the split")
+    audit.add_argument("--temperature", type=float, default=0.0, help="0 (default) is greedy; > 0 samples")
+    audit.add_argument(
+        "--dataset-option", "-O", action="append", default=[], metavar="KEY=VALUE",
+        help="build option of --dataset synthetic, repeatable, read as YAML (e.g. -O num_rows=512 -O seed=42)",
+    )  # fmt: skip
+    audit.add_argument("--id-column", default=None, help="column of unique row ids (default: the row's index)")
+    audit.add_argument("--chat-template", default=None, metavar="FILE",
+                       help="Jinja chat template for a processor that has none (or to replace its own)")  # fmt: skip
+    audit.add_argument("--device", default=None, help="hf backend: torch device (default: cuda if available)")
+    audit.add_argument("--dtype", default="auto", help="model dtype, e.g. bfloat16 (default: the checkpoint's)")
+    audit.add_argument("--overwrite", action="store_true", help="discard answers already in OUT and start again")
+    audit.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_grouping_options(audit)
+
+    compare = commands.add_parser(
+        "compare",
+        help="two models' predictions on the same rows: per-group F1 differences with paired intervals, verdicts",
+    )
+    compare.add_argument("a", help="predictions.jsonl of model A (the reference)")
+    compare.add_argument("b", help="predictions.jsonl of model B (compared against A)")
+    compare.add_argument("-o", "--output-dir", required=True, help="where compare.md, compare.json and the plot go")
+    _add_grouping_options(compare)
+
+
+def _options(parser: argparse.ArgumentParser, items: list[str], flag: str) -> dict[str, Any]:
     import yaml
 
+    options = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            parser.error(f"{flag} needs KEY=VALUE, got {item!r}")
+        options[key.strip()] = yaml.safe_load(value)
+    return options
+
+
+def _audit(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    from fair_trl.audit.run import AuditSettings, audit
+
+    try:
+        settings = AuditSettings(
+            model=args.model,
+            dataset=args.dataset,
+            output_dir=args.output_dir,
+            split=args.split,
+            dataset_options=_options(parser, args.dataset_option, "--dataset-option"),
+            backend=args.backend,
+            max_new_tokens=args.max_new_tokens,
+            batch_size=args.batch_size,
+            limit=args.limit,
+            temperature=args.temperature,
+            seed=args.seed,
+            attributes=tuple(args.attributes),
+            id_column=args.id_column,
+            chat_template=args.chat_template,
+            bootstrap=args.bootstrap,
+            age_bins=None if args.age_bins is None else tuple(args.age_bins),
+            max_age=args.max_age,
+            device=args.device,
+            dtype=args.dtype,
+            plots=not args.no_plots,
+            overwrite=args.overwrite,
+            progress=not args.no_progress,
+        )
+        report, written = audit(settings)
+    except (OSError, ValueError) as err:
+        print(f"fair-trl audit: {err}", file=sys.stderr)
+        return 2
+    from fair_trl.audit.report import summary_lines
+
+    info = json.loads(written["fairness"].read_text(encoding="utf-8"))["audit"]
+    print(f"{report['samples']} rows scored ({info['resumed']} from an earlier run, {info['answered']} answered now); "
+          f"{len(info['image_errors'])} images did not decode; {report['empty_generations']} empty generations; "
+          f"{report['no_valid_label']} answers name no valid label")  # fmt: skip
+    print("\n".join(summary_lines(report)))
+    print("wrote " + ", ".join(str(path) for path in written.values()))
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from fair_trl.audit.compare import compare_files, write_comparison
+
+    try:
+        comparison = compare_files(
+            args.a, args.b, args.attributes, n_bootstrap=args.bootstrap, seed=args.seed,
+            age_bins=args.age_bins, max_age=args.max_age,
+        )  # fmt: skip
+        written = write_comparison(args.output_dir, comparison, plots=not args.no_plots)
+    except (OSError, ValueError) as err:
+        print(f"fair-trl compare: {err}", file=sys.stderr)
+        return 2
+    for result in comparison["attributes"].values():
+        print(result["verdict"])
+    print("wrote " + ", ".join(str(path) for path in written.values()))
+    return 0
+
+
+def _build_dataset(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     from fair_trl.data import BUILDERS
     from fair_trl.data.loading import build_and_save
 
     if args.name not in BUILDERS:
         parser.error(f"unknown dataset {args.name!r}; expected one of {', '.join(BUILDERS)}")
-    options = {}
-    for item in args.option:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            parser.error(f"--option needs KEY=VALUE, got {item!r}")
-        options[key.strip()] = yaml.safe_load(value)
+    options = _options(parser, args.option, "--option")
     data_dir = None if args.data_dir in ("-", "") else args.data_dir
     try:
         summary = build_and_save(

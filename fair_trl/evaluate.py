@@ -20,7 +20,16 @@ from fair_trl.groups import DEFAULT_AGE_BINS, DEFAULT_MAX_AGE, GroupKeyer
 from fair_trl.metrics import compute_fairness, dataset_classes, to_label_set
 from fair_trl.rewards import parse_prediction
 
-__all__ = ["Predictions", "evaluate_file", "markdown_report", "markdown_tables", "read_predictions", "text_report"]
+__all__ = [
+    "Predictions",
+    "Scored",
+    "evaluate_file",
+    "markdown_report",
+    "markdown_tables",
+    "read_predictions",
+    "score_predictions",
+    "text_report",
+]
 
 REQUIRED_FIELDS = ("prediction", "reference", "dataset")
 SUMMARY_COLUMNS = (
@@ -110,6 +119,42 @@ def _labels(value: Any, classes: Sequence[str]) -> frozenset[str]:
     return parse_prediction(value, labels=classes)
 
 
+@dataclass
+class Scored:
+    """A predictions file as `compute_fairness` reads it: label sets, datasets, classes and each attribute's groups."""
+
+    predictions: list[frozenset[str]]
+    references: list[frozenset[str]]
+    datasets: list[str]
+    classes: dict[str, tuple[str, ...]]
+    groups: dict[str, list[str | None]]
+    keyer: GroupKeyer
+
+
+def score_predictions(
+    data: Predictions,
+    path: str | Path,
+    attributes: Sequence[str] = ("age", "sex"),
+    age_bins: Sequence[float] = DEFAULT_AGE_BINS,
+    max_age: float = DEFAULT_MAX_AGE,
+) -> Scored:
+    """The one parsing rule of every scorer of predictions files (`evaluate`, `audit`, `compare`).
+
+    A reference naming no class of its dataset raises with its line number in `path`.
+    """
+    classes = dataset_classes(data.datasets, data.references)
+    predictions = [_labels(p, classes[d]) for p, d in zip(data.predictions, data.datasets, strict=True)]
+    references = [_labels(r, classes[d]) for r, d in zip(data.references, data.datasets, strict=True)]
+    for line, reference, raw, dataset in zip(data.lines, references, data.references, data.datasets, strict=True):
+        if not reference:
+            raise ValueError(
+                f"{path}, line {line}: reference {raw!r} is not a class of {dataset!r}: {classes[dataset]}"
+            )
+    keyer = GroupKeyer(list(attributes), age_bins, max_age)
+    groups = {a: [keyer.attribute(a, row.get(a)) for row in data.rows] for a in attributes}
+    return Scored(predictions, references, data.datasets, classes, groups, keyer)
+
+
 def evaluate_file(
     path: str | Path,
     attributes: Sequence[str] = ("age", "sex"),
@@ -124,26 +169,24 @@ def evaluate_file(
     `age_bins` and `max_age` group ages as training did (`FairGRPOConfig.age_bins`, `max_age`).
     """
     data = read_predictions(path, skip_invalid)
-    classes = dataset_classes(data.datasets, data.references)
-    predictions = [_labels(p, classes[d]) for p, d in zip(data.predictions, data.datasets, strict=True)]
-    references = [_labels(r, classes[d]) for r, d in zip(data.references, data.datasets, strict=True)]
-    for line, reference, raw, dataset in zip(data.lines, references, data.references, data.datasets, strict=True):
-        if not reference:
-            raise ValueError(
-                f"{path}, line {line}: reference {raw!r} is not a class of {dataset!r}: {classes[dataset]}"
-            )
-    keyer = GroupKeyer(list(attributes), age_bins, max_age)
-    results = {}
-    for attribute in attributes:
-        groups = [keyer.attribute(attribute, row.get(attribute)) for row in data.rows]
-        results[attribute] = compute_fairness(
-            predictions, references, data.datasets, groups, classes, n_bootstrap=n_bootstrap, seed=seed
+    scored = score_predictions(data, path, attributes, age_bins, max_age)
+    results = {
+        attribute: compute_fairness(
+            scored.predictions,
+            scored.references,
+            scored.datasets,
+            scored.groups[attribute],
+            scored.classes,
+            n_bootstrap=n_bootstrap,
+            seed=seed,
         )
+        for attribute in attributes
+    }
     return {
         "samples": len(data.rows),
         "skipped_lines": [{"line": n, "error": e} for n, e in data.skipped],
-        "no_valid_label": sum(not p for p in predictions),
-        "demographics": keyer.summary(),
+        "no_valid_label": sum(not p for p in scored.predictions),
+        "demographics": scored.keyer.summary(),
         "attributes": results,
     }
 

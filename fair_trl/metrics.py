@@ -324,3 +324,32 @@ def _fairness(
             key: tuple(float(q) for q in np.percentile(draws[key], [tail, 100 - tail])) for key in SUMMARY_KEYS
         }
     return out
+
+
+def bootstrap_summaries(
+    prediction_sets: Sequence[Sequence[Labels]],
+    references: Sequence[Labels],
+    datasets: Sequence[str],
+    groups: Sequence[Hashable | None],
+    classes: Mapping[str, Sequence[str]] | None = None,
+    *,
+    n_bootstrap: int,
+    seed: int = 0,
+) -> list[list[dict[str, Any]]]:
+    """Paired bootstrap draws: ``draws[b][k]`` scores prediction set ``k`` on resample ``b``.
+
+    Every set is scored on the same resampled rows (drawn within each dataset, as `compute_fairness` draws
+    its intervals, with the same generator: one set and the same seed give exactly its ``ci`` draws), so
+    differences between two models' draws are paired. Each entry holds ``summary`` (`SUMMARY_KEYS`),
+    ``per_group[dataset][group]`` and ``group_values[group]``; a group absent from a resample is absent there.
+    """
+    encoded = [_Encoded(p, references, datasets, groups, classes) for p in prediction_sets]
+    if not encoded:
+        return []
+    first = encoded[0]
+    rng = np.random.default_rng(seed)
+    draws = []
+    for _ in range(n_bootstrap):
+        resample = {name: rng.integers(0, len(first.groups[name]), len(first.groups[name])) for name in first.names}
+        draws.append([_summarise(e, resample) for e in encoded])
+    return draws

@@ -186,7 +186,9 @@ class ModelCardRecord:
     `compute_fairness` output} of the final evaluation, or {} when there was none. `base_model_on_hub`:
     whether `base_model` names a Hub model (it then goes into the metadata); None: whether it looks like
     ``org/name``. `hub_datasets`: which of `datasets` are Hub datasets (listed in the metadata); None:
-    those that look like ``org/name``. `domains`: training rows per domain.
+    those that look like ``org/name``. `domains`: training rows per domain. `figures`: (caption, path
+    relative to the card) of plots shown under the fairness tables; `evaluation_note`: how the evaluation
+    was produced and how to reproduce it (e.g. the ``fair-trl audit`` command).
     """
 
     base_model: str
@@ -206,6 +208,8 @@ class ModelCardRecord:
     eval_split: str | None = "test"
     trained_steps: int | None = None
     versions: Mapping[str, str] | None = None
+    figures: Sequence[tuple[str, str]] = ()
+    evaluation_note: str | None = None
 
     @classmethod
     def build(
@@ -225,6 +229,8 @@ class ModelCardRecord:
         tags: str | Sequence[str] | None,
         eval_split: str | None,
         trained_steps: int | None,
+        figures: Sequence[tuple[str, str]] = (),
+        evaluation_note: str | None = None,
     ) -> ModelCardRecord:
         """A run's record, telling local paths from Hub ids: a name that exists on disk is local."""
         on_hub = _is_hub_id(base_model) and not Path(base_model).expanduser().exists()
@@ -249,6 +255,8 @@ class ModelCardRecord:
             eval_split=eval_split if fairness else None,
             trained_steps=trained_steps,
             versions=_versions(),
+            figures=list(figures) if fairness else [],
+            evaluation_note=evaluation_note if fairness else None,
         )
 
 
@@ -319,12 +327,16 @@ def render_model_card(record: ModelCardRecord) -> str:
             "X_ES = X / (1 + sigma_X). Lower is fairer for EOD, PP, FPR_diff, sigma and delta.",
             "",
         ]
+        if r.evaluation_note:
+            lines += [r.evaluation_note, ""]
         lines += markdown_tables(fairness)
         for attribute, result in fairness.items():
             if result.get("n_unknown_group"):
                 count = result["n_unknown_group"]
                 lines.append(f"{count} answers with unknown {attribute} are left out of its groups.")
         lines.append("")
+        for caption, path in r.figures:
+            lines += [f"![{caption}]({path})", ""]
     else:
         lines += ["No evaluation has been run yet: `trainer.evaluate()` on a test split fills this section.", ""]
     lines += [

@@ -95,6 +95,9 @@ class FairGRPOTrainer(GRPOTrainer):
         self._warned_nonfinite: set[str] = set()
         # The latest full `compute_fairness` output per attribute, per mode (e.g. for a model card).
         self.fairness_results: dict[str, dict[str, Any]] = {"train": {}, "eval": {}}
+        # An audit of the final model (`use_audit_for_card`): when set, the card reports it instead of the
+        # last evaluation's sampled rollouts, so the card's numbers are those `fair-trl audit` reproduces.
+        self._card_audit: dict[str, Any] | None = None
 
     @property
     def fair_estimator(self) -> FairGRPOAdvantage | None:
@@ -377,6 +380,16 @@ class FairGRPOTrainer(GRPOTrainer):
         record = self.model_card_record(dataset_names, model_name=model_name, tags=tags, eval_split=eval_split)
         return write_model_card(record, self.args.output_dir)
 
+    def use_audit_for_card(
+        self,
+        fairness: dict[str, dict[str, Any]],
+        figures: list[tuple[str, str]] | None = None,
+        note: str | None = None,
+    ) -> None:
+        """Make the model card report `fairness` ({attribute: `compute_fairness` output}, e.g. an audit's) with
+        its `figures` ((caption, path relative to output_dir)) and `note` (how to reproduce it)."""
+        self._card_audit = {"fairness": fairness, "figures": list(figures or []), "note": note}
+
     def model_card_record(
         self,
         dataset_names: str | list[str] | None = None,
@@ -388,8 +401,8 @@ class FairGRPOTrainer(GRPOTrainer):
         """What the model card says of this run: method, hyperparameters, data and the last eval's fairness.
 
         `dataset_names`: what the model was trained on (a Hub id goes into the card's metadata); by
-        default the train dataset's domains. The fairness results are `fairness_results["eval"]`, which
-        `evaluate()` fills.
+        default the train dataset's domains. The fairness results are those of `use_audit_for_card` when it
+        was called (the recipe's final audit), else `fairness_results["eval"]`, which `evaluate()` fills.
         """
         args = self.args
         column = args.domain_column
@@ -399,6 +412,7 @@ class FairGRPOTrainer(GRPOTrainer):
             domains = dict(Counter(str(v) for v in train[column]))
         # The repository's full id once `push_to_hub` created it; before that, args.hub_model_id.
         hub_model_id = getattr(self, "hub_model_id", None) or args.hub_model_id
+        audit = self._card_audit
         return ModelCardRecord.build(
             base_model=_base_model_id(self.model),
             method=args.advantage_estimator,
@@ -407,13 +421,15 @@ class FairGRPOTrainer(GRPOTrainer):
             dataset_names=dataset_names,
             domains=domains,
             hyperparameters=card_hyperparameters(args),
-            fairness=self.fairness_results.get("eval") or {},
+            fairness=audit["fairness"] if audit else self.fairness_results.get("eval") or {},
             model_name=model_name,
             output_dir=args.output_dir,
             hub_model_id=hub_model_id,
             tags=tags,
             eval_split=eval_split,
             trained_steps=self.state.global_step,
+            figures=audit["figures"] if audit else (),
+            evaluation_note=audit["note"] if audit else None,
         )
 
     # -- checkpoints ----------------------------------------------------------------------------

@@ -25,10 +25,11 @@ CPU smoke test (offline, tiny model; run by tests/test_recipes.py):
 * a directory written by `fair-trl build-dataset` (or any `save_to_disk` DatasetDict);
 * a Hub dataset name (or a local folder of data files) in the project's schema, read with `load_dataset`.
 
-After training, the final model is evaluated on the test split with the fairness suite (unless the
-trainer's own schedule already evaluated it at the last step), then the model, processor and a model card
-with the fairness tables are written to `--output_dir`; `--push_to_hub --hub_model_id ORG/NAME` uploads
-all three.
+After training, the model and processor are saved to `--output_dir` and the saved model is audited on the
+test split by the code of `fair-trl audit` (greedy answers, `OUT/audit/`: predictions, report, plots), so the
+model card's fairness tables are the numbers `fair-trl audit` gives for the pushed model; the card embeds the
+per-group F1 plot and the command that reproduces it. `--push_to_hub --hub_model_id ORG/NAME` uploads the
+model, processor, card and audit.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from transformers.trainer_utils import IntervalStrategy
 from trl import ModelConfig, ScriptArguments, TrlParser, get_peft_config, get_quantization_config
 
 from fair_trl import FairGRPOConfig, FairGRPOTrainer, accuracy_reward, build_dataset, format_reward
+from fair_trl.audit.training import audit_trained_model
 from fair_trl.data.loading import SUMMARY_FILE, is_saved_dataset, load_split
 
 logger = logging.getLogger(__name__)
@@ -61,6 +63,14 @@ class FairMedGemmaScriptArguments(ScriptArguments):
             Rows of the generated benchmark when `dataset_name` is `"synthetic"` (train and test together).
         max_eval_samples (`int` or `None`, defaults to `None`):
             Evaluate on a seeded random subset of this many test rows (`None`: the whole test split).
+        audit_backend (`str`, defaults to `"hf"`):
+            Engine of the final audit: `"hf"` (transformers generate) or `"vllm"` (an offline vLLM engine).
+        audit_batch_size (`int`, defaults to `16`):
+            Test rows per generation batch in the final audit (per process).
+        audit_max_new_tokens (`int` or `None`, defaults to `None`):
+            Length cap of the final audit's answers (`None`: `max_completion_length`).
+        audit_bootstrap (`int`, defaults to `1000`):
+            Bootstrap resamples of the final audit's 95% intervals.
     """
 
     synthetic_num_rows: int = field(
@@ -71,6 +81,14 @@ class FairMedGemmaScriptArguments(ScriptArguments):
         default=None,
         metadata={"help": "Evaluate on a seeded random subset of this many test rows (default: all of them)."},
     )
+    audit_backend: str = field(
+        default="hf", metadata={"help": "Engine of the final audit: 'hf' (transformers generate) or 'vllm'."}
+    )
+    audit_batch_size: int = field(default=16, metadata={"help": "Test rows per generation batch in the final audit."})
+    audit_max_new_tokens: int | None = field(
+        default=None, metadata={"help": "Length cap of the final audit's answers (default: max_completion_length)."}
+    )
+    audit_bootstrap: int = field(default=1000, metadata={"help": "Bootstrap resamples of the final audit's intervals."})
 
 
 def load_splits(script_args: FairMedGemmaScriptArguments, seed: int) -> tuple[Any, Any | None, str]:
@@ -104,11 +122,34 @@ def load_splits(script_args: FairMedGemmaScriptArguments, seed: int) -> tuple[An
     return train, test, name
 
 
-def _evaluated_at_last_step(trainer: FairGRPOTrainer) -> bool:
-    step = trainer.state.global_step
-    return any(
-        entry.get("step") == step and any(key.startswith("eval_") for key in entry)
-        for entry in trainer.state.log_history
+def final_audit(
+    trainer: FairGRPOTrainer,
+    eval_dataset: Any,
+    script_args: FairMedGemmaScriptArguments,
+    training_args: FairGRPOConfig,
+) -> dict[str, Any] | None:
+    """The final evaluation: `fair-trl audit`'s code on the saved model; the card reports it."""
+    source = script_args.dataset_name
+    options = {"num_rows": script_args.synthetic_num_rows, "seed": training_args.seed} if source == SYNTHETIC else {}
+    subset = None
+    if script_args.max_eval_samples is not None:
+        subset = (
+            f"a random subset of {len(eval_dataset)} test rows, `Dataset.shuffle(seed={training_args.seed})"
+            f".select(range({len(eval_dataset)}))`"
+        )
+    return audit_trained_model(
+        trainer,
+        eval_dataset,
+        training_args.output_dir,
+        source=source,
+        split=script_args.dataset_test_split,
+        dataset_options=options,
+        backend=script_args.audit_backend,
+        batch_size=script_args.audit_batch_size,
+        max_new_tokens=script_args.audit_max_new_tokens or training_args.max_completion_length,
+        bootstrap=script_args.audit_bootstrap,
+        hub_model_id=training_args.hub_model_id if training_args.push_to_hub else None,
+        subset_note=subset,
     )
 
 
@@ -153,12 +194,10 @@ def main(script_args: FairMedGemmaScriptArguments, training_args: FairGRPOConfig
     )
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
 
-    # The fairness suite on the final model: the trainer's schedule may already have run it at the last
-    # step (step-based evaluation always evaluates at the end); otherwise run it now.
-    if eval_dataset is not None and not _evaluated_at_last_step(trainer):
-        trainer.evaluate()
-
     trainer.save_model(training_args.output_dir)  # model and processor
+    # The fairness of what is saved (and pushed), by the audit's code: greedy answers to the test split.
+    if eval_dataset is not None:
+        final_audit(trainer, eval_dataset, script_args, training_args)
     if trainer.is_world_process_zero():
         card = trainer.write_model_card(dataset_names=data_name)
         trainer.accelerator.print(f"Model, processor and model card saved to {card.parent}")

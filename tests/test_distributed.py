@@ -204,6 +204,12 @@ def test_recipe_with_the_fsdp_config_runs_as_ddp_on_two_cpu_processes(recipe_ran
     # The recipe ran to its end: model, processor and the fairness card.
     for name in ("model.safetensors", "processor_config.json", "README.md"):
         assert (recipe_ranks["out"] / name).is_file(), name
+    # The final audit: each rank answered every other test row; process 0 joined them in row order.
+    audited = (recipe_ranks["out"] / "audit" / "predictions.jsonl").read_text().splitlines()
+    assert [json.loads(line)["id"] for line in audited] == ["0", "1", "2", "3"]  # --max_eval_samples 4
+    assert sorted(p.name for p in (recipe_ranks["out"] / "audit").glob("predictions.rank*")) == [
+        "predictions.rank0-of-2.jsonl", "predictions.rank1-of-2.jsonl"
+    ]  # fmt: skip
 
 
 def test_recipe_ranks_agree_on_the_advantages(recipe_ranks):

@@ -130,3 +130,37 @@ def test_fairness_audit_finds_the_planted_gap(kernel_dirs, tmp_path, monkeypatch
     classifier_share = facts["gaps"]["due to the classifier"]
     assert classifier_share["planted: other - disadvantaged"] > 0.1
     assert classifier_share["age: (a2, a3) - (a1, a4)"] > 0.0
+
+
+def test_audit_and_compare_runs_both_commands_on_the_tiny_vlm_and_shows_the_plots(kernel_dirs, tmp_path, monkeypatch):
+    monkeypatch.setenv("FAIR_TRL_AUDIT03_ROWS", "300")
+    monkeypatch.setenv("FAIR_TRL_AUDIT03_SFT_STEPS", "20")
+    monkeypatch.setenv("FAIR_TRL_AUDIT03_BOOTSTRAP", "50")
+    probe = """{
+        "prefix": _sys.prefix,
+        "work": str(WORK),
+        "samples": [report_a["samples"], report_b["samples"]],
+        "resumed": [resumed_info["resumed"], resumed_info["answered"]],
+        "evaluate_agrees": same,
+        "verdicts": {a: c["verdict"] for a, c in comparison["attributes"].items()},
+        "a_no_valid_label": report_a["no_valid_label"],
+    }"""
+    nb, facts = execute("03_audit_and_compare.ipynb", kernel_dirs, tmp_path, monkeypatch, probe)
+
+    rows = facts["samples"][0]
+    assert 40 < rows < 90 and facts["samples"] == [rows, rows]  # both audits answered the whole test split
+    assert facts["resumed"] == [rows, 0]  # the rerun answered nothing again
+    assert facts["evaluate_agrees"]
+    assert set(facts["verdicts"]) == {"age", "sex"}
+    assert all("ΔF1" in v and ("fairer" in v or "no detectable change" in v) for v in facts["verdicts"].values())
+    printed = "".join(out.get("text", "") for cell in nb.cells for out in cell.get("outputs", []))
+    assert "refused:" in printed and "max_new_tokens: 16 then, 4 now" in printed
+    # Two audits x three plots, and the comparison's per-group differences.
+    assert len(outputs(nb, "image/png")) == 7
+    work = Path(facts["work"])
+    for name in ("audit-a", "audit-b"):
+        assert {"predictions.jsonl", "fairness.json", "report.md", "group_f1.png"} <= {
+            p.name for p in (work / name).iterdir()
+        }
+    assert (work / "a-vs-b" / "compare.md").read_text().count("ΔF1") == 2
+    assert not list((tmp_path / "cwd").iterdir())  # nothing lands next to the notebook

@@ -1,0 +1,291 @@
+"""`run_audit`: answer every row of a split with a model, resumably, then write the fairness report.
+
+``OUT/audit.json`` records what was asked (model, data, split, generation settings); a rerun into the same
+folder must ask the same, or the answers in ``OUT/predictions.jsonl`` would mix two audits. Rows already
+answered there are skipped. Rows whose image does not decode are counted and listed in the report, never
+answered, and tried again by a rerun (the file may have been fixed).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fair_trl.audit.backends import (
+    GenerationBackend,
+    GenerationSettings,
+    PromptInput,
+    is_multimodal,
+    load_backend,
+    render_prompts,
+)
+from fair_trl.audit.inputs import SOLUTION_COLUMN, AuditRows, load_rows
+from fair_trl.audit.store import PREDICTIONS_FILE, PredictionStore
+
+__all__ = [
+    "MANIFEST_FILE",
+    "AuditProgress",
+    "AuditSettings",
+    "answer_rows",
+    "audit",
+    "merge_shards",
+    "run_audit",
+    "shard_file",
+    "write_audit_report",
+]
+
+MANIFEST_FILE = "audit.json"
+# Settings that change the answers: a resumed audit must match them all.
+_ANSWER_SETTINGS = (
+    "model",
+    "dataset",
+    "split",
+    "dataset_options",
+    "backend",
+    "max_new_tokens",
+    "temperature",
+    "seed",
+    "attributes",
+    "id_column",
+    "chat_template",
+)
+
+
+@dataclass
+class AuditSettings:
+    """What `fair-trl audit` was asked; its options, one for one."""
+
+    model: str
+    dataset: str
+    output_dir: str
+    split: str = "test"
+    dataset_options: dict[str, Any] = field(default_factory=dict)
+    backend: str = "hf"
+    max_new_tokens: int = 256
+    batch_size: int = 8
+    limit: int | None = None
+    temperature: float = 0.0
+    seed: int = 0
+    attributes: tuple[str, ...] = ("age", "sex")
+    id_column: str | None = None
+    chat_template: str | None = None
+    bootstrap: int = 1000
+    age_bins: tuple[float, ...] | None = None
+    max_age: float | None = None
+    device: str | None = None
+    dtype: str = "auto"
+    plots: bool = True
+    overwrite: bool = False
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        self.attributes = tuple(self.attributes)
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"limit must be >= 1 (or None for every row), got {self.limit}")
+
+    def generation(self) -> GenerationSettings:
+        return GenerationSettings(self.max_new_tokens, self.temperature, self.seed)
+
+    def manifest(self) -> dict[str, Any]:
+        values = asdict(self)
+        values["attributes"] = list(self.attributes)
+        return {key: values[key] for key in _ANSWER_SETTINGS}
+
+
+@dataclass
+class AuditProgress:
+    """What one run of the answering loop did; `image_errors` and `no_reference` are (row id, reason)."""
+
+    rows: int = 0  # rows selected (after --limit and sharding)
+    resumed: int = 0  # already in the predictions file
+    answered: int = 0  # answered by this run
+    image_errors: list[tuple[str, str]] = field(default_factory=list)
+    no_reference: list[str] = field(default_factory=list)
+    dropped_partial_line: bool = False
+
+
+def _check_manifest(out: Path, manifest: Mapping[str, Any], overwrite: bool) -> None:
+    path = out / MANIFEST_FILE
+    predictions = out / PREDICTIONS_FILE
+    if overwrite:
+        for stale in (predictions, *out.glob("predictions.rank*-of-*.jsonl")):
+            stale.unlink(missing_ok=True)
+    elif path.is_file() and predictions.is_file():
+        before = json.loads(path.read_text(encoding="utf-8"))
+        changed = [k for k in _ANSWER_SETTINGS if before.get(k) != manifest.get(k)]
+        if changed:
+            diffs = "; ".join(f"{k}: {before.get(k)!r} then, {manifest.get(k)!r} now" for k in changed)
+            raise ValueError(
+                f"{out} holds the answers of another audit ({diffs}). Resuming would mix the two: pass "
+                "--overwrite to start again, or another -o folder"
+            )
+    elif predictions.is_file() and predictions.stat().st_size:
+        raise ValueError(f"{predictions} exists without {MANIFEST_FILE}: pass --overwrite, or another -o folder")
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(dict(manifest), indent=2, default=str) + "\n", encoding="utf-8")
+    tmp.replace(path)
+
+
+def _selected(rows: AuditRows, limit: int | None, shard: tuple[int, int]) -> list[int]:
+    rank, world = shard
+    count = len(rows) if limit is None else min(limit, len(rows))
+    return [i for i in range(count) if i % world == rank]
+
+
+def answer_rows(
+    backend: GenerationBackend,
+    rows: AuditRows,
+    store: PredictionStore,
+    batch_size: int,
+    *,
+    limit: int | None = None,
+    shard: tuple[int, int] = (0, 1),
+    progress: bool = True,
+    model_name: str = "the model",
+) -> AuditProgress:
+    """Answer the selected rows not yet in `store`, one durable append per batch."""
+    from tqdm.auto import tqdm
+
+    selected = _selected(rows, limit, shard)
+    ids = rows.ids()
+    todo = [i for i in selected if ids[i] not in store.done]
+    result = AuditProgress(rows=len(selected), resumed=len(selected) - len(todo))
+    result.dropped_partial_line = store.dropped_partial_line
+    multimodal = is_multimodal(backend.processor)
+    # tqdm's rate is over the rows answered by this run: `initial` rows were done before it started.
+    with tqdm(total=len(selected), initial=result.resumed, unit="row", desc="audit", disable=not progress) as bar:
+        for batch in rows.batches(todo, batch_size):
+            records, conversations, images = [], [], []
+            for index, row in batch:
+                row_id = ids[index]
+                reference = row.get(SOLUTION_COLUMN)
+                if reference is None or not str(reference).strip():
+                    result.no_reference.append(row_id)
+                    continue
+                try:
+                    row_images = rows.images(row) if multimodal else []  # a text-only model reads the text
+                except ValueError as err:
+                    result.image_errors.append((row_id, str(err)))
+                    continue
+                records.append(rows.record(index, row))
+                conversations.append(row["prompt"])
+                images.append(row_images)
+            if records:
+                texts = render_prompts(backend.processor, conversations, model_name)
+                prompts = [PromptInput(t, i) for t, i in zip(texts, images, strict=True)]
+                completions = backend.generate(prompts)
+                for record, completion in zip(records, completions, strict=True):
+                    record["prediction"] = completion
+                result.answered += store.append(records)
+            bar.update(len(batch))
+    return result
+
+
+def shard_file(rank: int, world: int) -> str:
+    return PREDICTIONS_FILE if world == 1 else f"predictions.rank{rank}-of-{world}.jsonl"
+
+
+def merge_shards(out_dir: str | Path, world: int, order: Sequence[str]) -> Path:
+    """Join the processes' predictions files into ``predictions.jsonl`` in row order (`order`: row ids)."""
+    out = Path(out_dir)
+    target = out / PREDICTIONS_FILE
+    if world == 1:
+        return target
+    lines: dict[str, str] = {}
+    for rank in range(world):
+        path = out / shard_file(rank, world)
+        PredictionStore(path)  # drops a partial last line, refuses duplicates
+        with open(path, encoding="utf-8") as f:
+            for raw in f:
+                if raw.strip():
+                    lines[json.loads(raw)["id"]] = raw
+    tmp = target.with_name(target.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write("".join(lines[i] for i in order if i in lines))
+        f.flush()
+        os.fsync(f.fileno())
+    tmp.replace(target)
+    return target
+
+
+def run_audit(
+    settings: AuditSettings,
+    *,
+    rows: AuditRows | None = None,
+    backend: GenerationBackend | None = None,
+    shard: tuple[int, int] = (0, 1),
+) -> AuditProgress:
+    """Answer the split into ``OUT/predictions.jsonl`` (resuming); the report is `fair_trl.audit.report`'s.
+
+    `rows` and `backend` default to loading ``settings.dataset`` and ``settings.model``; the recipe passes
+    its own test split. With `shard` = (rank, world) > 1 process, each writes its own file (`merge_shards`).
+    """
+    out = Path(settings.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if shard[0] == 0:
+        _check_manifest(out, settings.manifest(), settings.overwrite)
+    if rows is None:
+        rows = load_rows(
+            settings.dataset, settings.split, settings.attributes, settings.dataset_options, settings.id_column
+        )
+    if backend is None:
+        backend = load_backend(
+            settings.backend,
+            settings.model,
+            settings.generation(),
+            chat_template=settings.chat_template,
+            device=settings.device,
+            dtype=settings.dtype,
+        )
+    store = PredictionStore(out / shard_file(*shard))
+    return answer_rows(
+        backend,
+        rows,
+        store,
+        settings.batch_size,
+        limit=settings.limit,
+        shard=shard,
+        progress=settings.progress,
+        model_name=settings.model,
+    )
+
+
+def write_audit_report(settings: AuditSettings, progress: AuditProgress) -> tuple[dict[str, Any], dict[str, Path]]:
+    """The report of the whole ``OUT/predictions.jsonl`` and what this run did: (report, paths written by name)."""
+    from fair_trl.audit.report import audit_report, write_report
+
+    out = Path(settings.output_dir)
+    report = audit_report(
+        out / PREDICTIONS_FILE,
+        settings.attributes,
+        n_bootstrap=settings.bootstrap,
+        seed=settings.seed,
+        age_bins=settings.age_bins,
+        max_age=settings.max_age,
+    )
+    info = {
+        "settings": {**settings.manifest(), "batch_size": settings.batch_size, "limit": settings.limit},
+        "rows": progress.rows,
+        "resumed": progress.resumed,
+        "answered": progress.answered,
+        "image_errors": progress.image_errors,
+        "no_reference": progress.no_reference,
+        "dropped_partial_line": progress.dropped_partial_line,
+    }
+    return report, write_report(out, report, info, plots=settings.plots)
+
+
+def audit(
+    settings: AuditSettings,
+    *,
+    rows: AuditRows | None = None,
+    backend: GenerationBackend | None = None,
+) -> tuple[dict[str, Any], dict[str, Path]]:
+    """`run_audit`, then the report of the whole predictions file: (report, paths written by name)."""
+    return write_audit_report(settings, run_audit(settings, rows=rows, backend=backend))
