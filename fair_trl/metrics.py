@@ -343,13 +343,13 @@ def bootstrap_summaries(
     differences between two models' draws are paired. Each entry holds ``summary`` (`SUMMARY_KEYS`),
     ``per_group[dataset][group]`` and ``group_values[group]``; a group absent from a resample is absent there.
     """
-    encoded = [_Encoded(p, references, datasets, groups, classes) for p in prediction_sets]
+    encoded = [_Encoded(p, references, datasets, classes, groups) for p in prediction_sets]
     if not encoded:
         return []
     first = encoded[0]
     rng = np.random.default_rng(seed)
     draws = []
     for _ in range(n_bootstrap):
-        resample = {name: rng.integers(0, len(first.groups[name]), len(first.groups[name])) for name in first.names}
+        resample = {name: rng.integers(0, len(first.rows[name]), len(first.rows[name])) for name in first.names}
         draws.append([_summarise(e, resample) for e in encoded])
     return draws
