@@ -107,8 +107,8 @@ METHODS: dict[str, Method] = {
 # instrument trials (GRPO and the positive control only; see fair_trl.demo.instrument).
 # - Age only (a1 and a4, 6% and 14% of patients): the planted groups are the rare ones, so the control's
 #   oversampling is strong; the sex=F groups the benchmark plants by default are half of their domains.
-# - Every domain at least 10% of the rows: with Table 1's 2% floor five domains had under 110 held-out
-#   rows, a1 cells of about 5, and their max-min F1 was noise that no method could move.
+# - Every domain at least 10% of the rows: with Table 1's 2% floor four domains had 64-109 held-out
+#   rows (of 3,000), a1 cells of 4-7 rows, and their max-min F1 was mostly noise.
 DEMO_BENCHMARK = ("disadvantaged=[age=a1, age=a4]", "min_domain_fraction=0.1")
 DEFAULT_METHODS = tuple(name for name, m in METHODS.items() if m.role in ("main", "control"))
 VARIANT_METHODS = tuple(name for name, m in METHODS.items() if m.role == "variant")
