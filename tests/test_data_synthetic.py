@@ -44,16 +44,21 @@ def pixels(row: dict) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(row["image"]["bytes"])).convert("RGB"), dtype=np.float64) / 255.0
 
 
-def decode(row: dict, contrast: float = SyntheticConfig().contrast) -> str:
-    """Read the label off the grid: lit cells are much brighter than the image's median."""
+def cell_brightness(row: dict) -> list[float]:
+    """Each grid cell's mean brightness above the image's median, in row-major cell order."""
     image = pixels(row).mean(axis=2)
     cell = image.shape[0] // GRID
     background = np.median(image)
-    brightness = [
+    return [
         image[r * cell + 1 : (r + 1) * cell - 1, c * cell + 1 : (c + 1) * cell - 1].mean() - background
         for r in range(GRID)
         for c in range(GRID)
     ]
+
+
+def decode(row: dict, contrast: float = SyntheticConfig().contrast) -> str:
+    """Read the label off the grid: lit cells are much brighter than the image's median."""
+    brightness = cell_brightness(row)
     cells = label_cells(row["dataset"])
     if row["dataset"] == "chexpert":
         return ", ".join(label for label, i in cells.items() if brightness[i] > contrast / 2)
@@ -166,14 +171,7 @@ def test_patients_have_one_to_three_rows_with_consistent_demographics(rows):
 
 def lit_labels(row: dict, contrast: float = SyntheticConfig().contrast) -> list[int]:
     """Indices (into the domain's labels) of the cells that are lit, whatever labels they stand for."""
-    image = pixels(row).mean(axis=2)
-    cell = image.shape[0] // GRID
-    background = np.median(image)
-    brightness = [
-        image[r * cell + 1 : (r + 1) * cell - 1, c * cell + 1 : (c + 1) * cell - 1].mean() - background
-        for r in range(GRID)
-        for c in range(GRID)
-    ]
+    brightness = cell_brightness(row)
     cells = list(label_cells(row["dataset"]).values())
     if row["dataset"] == "chexpert":
         return [k for k, i in enumerate(cells) if brightness[i] > contrast / 2]
