@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     early, late = window(wall, 1, 10), window(wall, n - 9, n)
     print(f"FairGRPOAdvantage, {args.prompts} prompts x {args.rollouts} rollouts, {n} steps (ms per step, median)")
     print(f"  steps 1-10:            {early:6.3f}   (CPU {window(cpu, 1, 10):.3f})")
-    if n >= 300:
+    if n > 300:
         print(f"  steps 291-300:         {window(wall, 291, 300):6.3f}   (CPU {window(cpu, 291, 300):.3f})")
     print(f"  steps {n - 9}-{n}:  {late:6.3f}   (CPU {window(cpu, n - 9, n):.3f})")
     print(f"  all {n} steps:      {float(np.median(wall)):6.3f}   (CPU {float(np.median(cpu)):.3f})")

@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 
 from fair_trl.advantages.clustering import (
-    RewardPool,
     kmeans_elbow,
     kmeans_elbow_pools,
     kmeans_elbow_reference,
@@ -20,6 +19,7 @@ from fair_trl.advantages.clustering import (
     rollout_features_by_block,
     unique_rows,
 )
+from fair_trl.advantages.reward_pools import RewardPool
 
 
 def random_features(rng: np.random.Generator, kind: str, rows: int, dim: int) -> np.ndarray:

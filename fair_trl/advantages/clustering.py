@@ -4,7 +4,7 @@ FairGRPO (paper section 3, step ii) groups prompts whose demographics are unknow
 rollout-reward vectors within each domain, with k chosen by an elbow rule.
 
 With 0/1 rewards a domain's pool of 1024 recent vectors holds at most G + 1 distinct ones, so k-means runs
-on the distinct vectors weighted by their counts (`RewardPool` keeps those counts as the pool slides), and
+on the distinct vectors weighted by their counts (`reward_pools` keeps those counts as the pool slides), and
 `kmeans_elbow_pools` fits every domain, every k and every restart of a step in one set of array
 operations. It reproduces `weighted_kmeans` draw for draw and operation for operation (the same random
 stream, the same sums in the same order), so the batched fits give the centres, labels and elbow choices
@@ -13,14 +13,18 @@ that one-at-a-time fits would.
 
 from __future__ import annotations
 
-from collections import OrderedDict, deque
+import functools
+import itertools
+from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
 
+from fair_trl.advantages.reward_pools import every_sorted_binary_row, sorted_binary_ones
+from fair_trl.advantages.streams import Drawn, uniform_draws
+
 __all__ = [
-    "RewardPool",
     "elbow_k",
     "kmeans_elbow",
     "kmeans_elbow_pools",
@@ -30,6 +34,7 @@ __all__ = [
     "pairwise_sum",
     "rollout_features",
     "rollout_features_by_block",
+    "stream_length",
     "unique_rows",
     "weighted_kmeans",
 ]
@@ -126,6 +131,11 @@ def kmeans_elbow_reference(
     return centres, labels
 
 
+def stream_length(max_k: int, n_init: int = 3) -> int:
+    """How many draws one pool's fits take from its generator: one for k = 1, k per restart of each k > 1."""
+    return 1 + n_init * (max_k * (max_k + 1) // 2 - 1)
+
+
 class PoolFits(NamedTuple):
     """The elbow-chosen fit of every pool of a `fit_pools` call, laid end to end in the pools' order."""
 
@@ -135,9 +145,13 @@ class PoolFits(NamedTuple):
     point_start: np.ndarray  # (pools + 1,): pool p's points are clusters[point_start[p] : point_start[p + 1]]
 
     def per_pool(self) -> list[tuple[np.ndarray, np.ndarray]]:
-        """(centres, labels) per pool, labels counting from 0 within the pool."""
+        """(centres, labels) per pool, labels counting from 0 within the pool (-1 stays -1)."""
         c, p = self.cluster_start.tolist(), self.point_start.tolist()
-        return [(self.centres[c[i] : c[i + 1]], self.clusters[p[i] : p[i + 1]] - c[i]) for i in range(len(c) - 1)]
+        out = []
+        for i in range(len(c) - 1):
+            labels = self.clusters[p[i] : p[i + 1]]
+            out.append((self.centres[c[i] : c[i + 1]], np.where(labels < 0, -1, labels - c[i])))
+        return out
 
 
 def kmeans_elbow_pools(
@@ -165,27 +179,133 @@ def fit_pools(
     handful of whole-row operations. Each restart draws its k-means++ seeds from the same positions of
     its pool's random stream as the one-at-a-time fits would, and a fit that has converged leaves the
     batch at its fixed point, so the results are the reference's.
+
+    A point with count 0 is not in its pool: it is left out of the fits, and its cluster is -1.
+    Sorted 0/1 rows (the features of 0/1 rewards) are fitted on the set of every such row, with count
+    0 for those a pool lacks (`_on_all_sorted_binary_rows`): the batch is then the same from step to step.
     """
+    options = (max_k, threshold, n_init, max_iter)
+    counts = np.concatenate([counts for _, counts, _ in pools])
+    absent = counts == 0
+    on_all = _on_all_sorted_binary_rows(pools, counts)
+    if on_all is not None:
+        every_row_pools, index = on_all
+        fits = _fit(every_row_pools, *options, sparse=True)
+        if fits is not None:
+            if index is None:  # the pools were on every row already
+                clusters, point_start = fits.clusters, fits.point_start
+            else:
+                clusters = fits.clusters[index]
+                point_start = np.concatenate([[0], np.cumsum([len(points) for points, _, _ in pools])])
+            return PoolFits(fits.centres, fits.cluster_start, np.where(absent, -1, clusters), point_start)
+    if not absent.any():
+        fits = _fit(pools, *options, sparse=False)
+        assert fits is not None
+        return fits
+    # Points with count 0 are not in their pool: fit the others, and give those -1.
+    kept = [counts > 0 for _, counts, _ in pools]
+    if not all(keep.any() for keep in kept):
+        raise ValueError("every pool needs a point with a positive count")
+    fits = _fit(
+        [(p[keep], c[keep], seed) for (p, c, seed), keep in zip(pools, kept, strict=True)], *options, sparse=False
+    )
+    assert fits is not None
+    clusters = np.full(len(counts), -1)
+    clusters[~absent] = fits.clusters
+    point_start = np.concatenate([[0], np.cumsum([len(keep) for keep in kept])])
+    return PoolFits(fits.centres, fits.cluster_start, clusters, point_start)
+
+
+_SORTED_BINARY: dict[int, tuple[np.ndarray, np.ndarray | None]] = {}  # id(points) -> (points, ones per row)
+
+
+def _ones_per_sorted_binary_row(points: np.ndarray) -> np.ndarray | None:
+    """`sorted_binary_ones` of ``points``, kept for read-only arrays (RewardPool's, passed again every step
+    until its distinct rows change)."""
+    known = _SORTED_BINARY.get(id(points))
+    if known is not None and known[0] is points:
+        return known[1]
+    ones = sorted_binary_ones(points)
+    if points.base is None and not points.flags.writeable:
+        if len(_SORTED_BINARY) > 256:
+            _SORTED_BINARY.clear()
+        _SORTED_BINARY[id(points)] = (points, ones)
+    return ones
+
+
+def _on_all_sorted_binary_rows(
+    pools: Sequence[tuple[np.ndarray, np.ndarray, int | Sequence[int]]], counts: np.ndarray
+) -> tuple[Sequence[tuple[np.ndarray, np.ndarray, int | Sequence[int]]], np.ndarray | None] | None:
+    """Pools of distinct sorted 0/1 rows of one width D, with whole counts, restated on all D + 1 such rows.
+
+    In byte order the row with m ones comes m-th, so a pool's own points keep their order among all
+    rows, and k-means on them, where a count of 0 leaves a row out of every sum, is k-means on the pool
+    (`_fit` with ``sparse``). Returns the restated pools and, for each given point laid end to end, its
+    index among the restated pools' rows laid end to end (None: the pools were on all rows already,
+    as `BinaryRewardPool`'s are); None where the pools are not of this kind. ``counts``: the pools'
+    counts laid end to end.
+    """
+    dim = pools[0][0].shape[1]
+    if not (counts.min() >= 0 and (np.floor(counts) == counts).all() and counts.sum() * dim < 2**53):
+        return None
+    every = every_sorted_binary_row(dim)
+    if all(points is every for points, _, _ in pools):
+        return pools, None
+    ones = []
+    for points, _, _ in pools:
+        row_ones = _ones_per_sorted_binary_row(points) if points.shape[1] == dim else None
+        if row_ones is None:
+            return None
+        ones.append(row_ones)
+    index = np.concatenate(ones) + np.repeat(np.arange(len(pools)) * (dim + 1), [len(o) for o in ones])
+    all_counts = np.zeros(len(pools) * (dim + 1))
+    all_counts[index] = counts
+    rows = all_counts.reshape(len(pools), dim + 1)
+    return [(every, rows[i], seed) for i, (_, _, seed) in enumerate(pools)], index
+
+
+def _fit(
+    pools: Sequence[tuple[np.ndarray, np.ndarray, int | Sequence[int]]],
+    max_k: int,
+    threshold: float,
+    n_init: int,
+    max_iter: int,
+    sparse: bool,
+) -> PoolFits | None:
+    """`fit_pools` on one batch. ``sparse``: counts of 0 mark points a pool lacks (the caller has made
+    every point and count a whole number); None where the fits cannot be certified that way."""
     batch = _Batch.for_points([points for points, _, _ in pools], max_k, n_init)
     counts = np.concatenate([*(counts for _, counts, _ in pools), _NO_WEIGHT])
     weights = counts[batch.weight_source]  # (n, fits)
-    # Positive whole counts and whole squared distances between points (0/1 rewards): every k-means++
-    # mass and its sums are exact integers, so numpy's order of adding need not be followed.
     given = counts[:-1]
-    exact = (
-        batch.whole_distances and given.min() > 0 and not (given % 1).any() and given.sum() * batch.most_distant < 2**53
-    )
-    # default_rng(seed).random() is (PCG64(seed)'s next 64 bits >> 11) / 2**53: the stream the
-    # one-at-a-time fits draw, without building a Generator per pool.
-    raw = [np.random.PCG64(_entropy(pools[i][2])).random_raw(length) for i, length in batch.drawing]
-    raw = np.concatenate([_NO_RAW, *raw])
-    streams = np.concatenate([_NO_DRAW, (raw >> np.uint64(11)) * _DOUBLE_UNIT])  # position 0: "no draw"
+    k_limits, restarts, presence = batch.k_limits, batch.restarts, None
+    if sparse:
+        presence = _Presence.of(batch, weights[:, batch.first_fit].T > 0, max_k)
+        k_limits, restarts = presence.k_limits, presence.restarts
+        exact = True
+    else:
+        # Positive whole counts and whole squared distances between points (0/1 rewards): every k-means++
+        # mass and its sums are exact integers, so numpy's order of adding need not be followed.
+        exact = (
+            batch.whole_distances
+            and given.min() > 0
+            and not (given % 1).any()
+            and given.sum() * batch.most_distant < 2**53
+        )
+    # The default_rng(seed).random() draws of the one-at-a-time fits (`streams.uniform_draws`), laid end
+    # to end after a NaN at position 0, "no draw".
+    streams = np.concatenate([_NO_DRAW, *(uniform_draws(pools[i][2], length) for i, length in batch.drawing)])
     uniforms = streams[batch.stream_positions]  # (k, fits)
 
     seeds = _seed_kmeans_pp(batch, weights, uniforms, exact)
     if seeds is None:  # a fit the batch cannot reproduce (weighted_kmeans stops seeding or raises there)
         return _as_pool_fits(
-            [kmeans_elbow_reference(points, counts, max_k, threshold, seed, n_init) for points, counts, seed in pools]
+            [
+                kmeans_elbow_reference(
+                    points, counts, max_k, threshold, seed.seed if isinstance(seed, Drawn) else seed, n_init
+                )
+                for points, counts, seed in pools
+            ]
         )
     centres = np.ascontiguousarray(batch.points[batch.every[:, None], seeds.T])  # (fits, k, D)
     centres[batch.unused] = np.inf  # a fit with fewer clusters: centres no point is ever nearest to
@@ -196,39 +316,97 @@ def fit_pools(
     else:
         d2 = batch.distances(centres)
 
-    # Lloyd's iterations, with weighted_kmeans's operations and summation order (`_move_centres`).
-    weighted = (batch.points_and_one * weights[:, :, None]).reshape(-1)  # (n, fits, D + 1), flat
-    final_d2 = _lloyd(batch, d2, centres, weighted, max_iter)
-    labels = final_d2.argmin(axis=0)
-    nearest = final_d2.min(axis=0)  # the distance to the label's centre
-    inertia = np.concatenate([_column_sums(weights * nearest, batch.sum_groups), _PAST_LIMIT])
+    # Lloyd's iterations: on whole numbers by exact sums and labels certified against the reference's
+    # rounding (`_lloyd_whole`), else with weighted_kmeans's operations and summation order (`_lloyd`).
+    fitted = None
+    if exact and batch.whole_points and given.sum() * batch.largest < 2**53:
+        fitted = _lloyd_whole(batch, d2, centres, weights, max_iter, presence)  # moves centres only if it succeeds
+    if fitted is None:
+        if sparse:
+            return None
+        weighted = (batch.points_and_one * weights[:, :, None]).reshape(-1)  # (n, fits, D + 1), flat
+        final_d2 = _lloyd(batch, d2, centres, weighted, max_iter)
+        labels = final_d2.argmin(axis=0)
+        nearest = final_d2.min(axis=0)  # the distance to the label's centre
+    else:
+        labels, nearest = fitted
+    if sparse:
+        inertia = np.concatenate([presence.sums(weights * nearest), _PAST_LIMIT])
+    else:
+        inertia = np.concatenate([_column_sums(weights * nearest, batch.sum_groups), _PAST_LIMIT])
 
     # Per pool and k, the first of its equally good restarts (argmin's first), then the elbow's k.
-    choice = inertia[batch.restarts].argmin(axis=2)
-    best = batch.restarts[batch.pool_rows, batch.ks, choice]  # (pools, k): a fit index
+    choice = inertia[restarts].argmin(axis=2)
+    best = restarts[batch.pool_rows, batch.ks, choice]  # (pools, k): a fit index
     best_inertia = inertia[best].tolist()
-    ks = [elbow_k(row[:limit], threshold) for row, limit in zip(best_inertia, batch.k_limits, strict=True)]
+    ks = [elbow_k(row[:limit], threshold) for row, limit in zip(best_inertia, k_limits, strict=True)]
     chosen = best[batch.rank, np.array(ks)[batch.rank] - 1]  # (pools,) in the pools' own order
     ks = np.array(ks)[batch.rank]
     centres = centres[chosen][batch.ks < ks[:, None]]
-    cluster_start = np.concatenate([[0], np.cumsum(ks)])
+    cluster_start = np.array([0, *itertools.accumulate(ks.tolist())])
     clusters = labels[:, chosen].T[batch.real_by_pool] + np.repeat(cluster_start[:-1], batch.pool_sizes)
     return PoolFits(centres, cluster_start, clusters, batch.point_start)
 
 
+class _Presence:
+    """What a sparse batch (`_fit`) needs to know of which points each pool has: cached by that pattern,
+    which changes far more rarely than the counts.
+
+    A pool fits k up to its own number of points (``k_limits``, ``restarts`` past them point at an
+    infinite inertia); fits past that run along but are never picked. In `_lloyd_whole` the ``idle``
+    (fits, n) points (absent, or of such a fit) are held at label 0 by ``offset``: |x|^2, plus 1e300
+    to every other slot. `sums` adds each fit's present points as numpy would add them alone.
+    """
+
+    cache: OrderedDict[tuple, _Presence] = OrderedDict()
+
+    @classmethod
+    def of(cls, batch: _Batch, present: np.ndarray, max_k: int) -> _Presence:
+        """``present``: (pools in the batch's order, n), which of its points each pool has."""
+        key = (id(batch), max_k, present.shape, present.tobytes())
+        known = cls.cache.get(key)
+        if known is None or known.batch is not batch:
+            known = cls.cache[key] = cls(batch, present, max_k)
+            while len(cls.cache) > 256:
+                cls.cache.popitem(last=False)
+        return known
+
+    def __init__(self, batch: _Batch, present: np.ndarray, max_k: int):
+        self.batch = batch
+        counts = present.sum(axis=1).tolist()
+        self.k_limits = [min(max_k, n) for n in counts]
+        if self.k_limits == batch.k_limits:  # the usual case: every pool has points enough for every k
+            self.restarts = batch.restarts
+            self.idle = ~present[batch.fit_pool]  # (fits, n)
+        else:
+            limits = np.array(self.k_limits)
+            self.restarts = np.where(batch.ks[:, :, None] < limits[:, None, None], batch.restarts, batch.n_fits)
+            self.idle = ~(present[batch.fit_pool] & (batch.fit_k <= limits[batch.fit_pool])[:, None])
+        self.offset = batch.square_norms + np.where(self.idle[:, None, :] & (batch.ks > 0)[:, :, None], 1e300, 0.0)
+        # The absent points (zeros) move to the end of each fit's column, where they join no block of 8
+        # (`_size_class`); fits are summed in groups of the same number of rows.
+        self.order = np.argsort(~present, axis=1, kind="stable")[batch.fit_pool].T  # (n, fits)
+        caps = [min(_size_class(n, 1)[1], batch.n_max) for n in counts]
+        if len(set(caps)) == 1:
+            self.groups = [(None, caps[0])]
+        else:
+            rows = np.array(caps)[batch.fit_pool]
+            self.groups = [(np.flatnonzero(rows == r), r) for r in sorted(set(caps))]
+
+    def sums(self, values: np.ndarray) -> np.ndarray:
+        """Per fit (column of ``values``, (n, fits)), the sum of its pool's present points, bit for bit."""
+        packed = values[self.order, self.batch.every]
+        if len(self.groups) == 1:
+            return pairwise_sum(packed[: self.groups[0][1]])
+        out = np.empty(values.shape[1])
+        for columns, rows in self.groups:
+            out[columns] = pairwise_sum(packed[:rows, columns])
+        return out
+
+
 _NO_WEIGHT = np.zeros(1)  # what padding weighs
 _NO_DRAW = np.full(1, np.nan)
-_NO_RAW = np.zeros(0, dtype=np.uint64)
 _PAST_LIMIT = np.full(1, np.inf)  # the inertia of a restart past a pool's k limit
-_DOUBLE_UNIT = 1.0 / 9007199254740992.0  # 2**-53, as numpy's next_double scales
-
-
-def _entropy(seed: int | Sequence[int]) -> int | Sequence[int] | np.ndarray:
-    """The seed as SeedSequence's uint32 words: an int list is read word by word, so ints below 2**32
-    give the same words as a uint32 array, which SeedSequence takes twice as fast."""
-    if isinstance(seed, list | tuple) and all(isinstance(s, int) and 0 <= s < 2**32 for s in seed):
-        return np.array(seed, dtype=np.uint32)
-    return seed
 
 
 def _as_pool_fits(fits: Sequence[tuple[np.ndarray, np.ndarray]]) -> PoolFits:
@@ -284,64 +462,93 @@ def _lloyd(batch: _Batch, d2: np.ndarray, centres: np.ndarray, weighted: np.ndar
     return final_d2
 
 
-class _Batch:
-    """Everything about a batch of fits that depends on the pools' points alone, not on their weights.
+def _lloyd_whole(
+    batch: _Batch,
+    d2: np.ndarray,
+    centres: np.ndarray,
+    weights: np.ndarray,
+    max_iter: int,
+    presence: _Presence | None = None,
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """`_lloyd` for whole-number points and weights: final (labels, distance to the label's centre), both
+    (n, fits), and ``centres`` moved in place; or None where it cannot be sure to agree with `_lloyd`.
 
-    A domain's distinct reward vectors change rarely, their counts every step, so this is cached by the
-    points' bytes (`for_points`). Pools are ordered by size, so that fits of equal size are neighbours
-    (`sum_groups`). Fits are in each pool's stream order: k = 1 (whose one draw does not matter: a single
-    cluster ends at the weighted mean wherever it starts), then k = 2's restarts with two draws each,
-    k = 3's with three, and so on.
+    Every centre is then (an exact whole sum) / (an exact whole mass), rounded once, so it has the
+    reference's bits whatever order the sums take: one matrix product per update. A label is the nearest
+    centre by ``|c|^2 - 2 c.x + |x|^2``, which can round differently from the reference's sum of squared
+    differences, but by far less than ``batch.tie_tolerance``: where the nearest two centres are farther
+    apart than that, both pick the same one, and where any pair is closer (a tie, or all but one), this
+    gives up and the caller runs `_lloyd`, as it does for a fit still moving after ``max_iter`` updates.
+    A fit that has converged is a fixed point of the update (the same labels give the same centres), so
+    every fit runs until all have converged, with no bookkeeping of which are done. The distances to the
+    final centres are then computed as the reference does, for each point's own centre only. With a
+    ``presence``, its ``idle`` points (a count of 0, or a fit that will not be picked) are held at
+    label 0 and never in doubt.
+    """
+    labels = d2.argmin(axis=0).T  # (fits, n): the first assignment, to the seeds, is exact already
+    offset = batch.square_norms  # |x|^2, and for a point that does not count, 1e300 to every slot but 0
+    if presence is not None:
+        labels[presence.idle] = 0
+        offset = presence.offset
+    w = np.ascontiguousarray(weights.T)[:, None, :]  # (fits, 1, n)
+    slots, unused, no_centre, dim = batch.slots, batch.unused[:, :, None], batch.no_centre, batch.dim
+    # (c, |c|^2) per centre, so that one product with (-2 x, 1) gives |c|^2 - 2 c.x; an unused slot holds
+    # c = 0 and |c|^2 = 1e300, so that no point is ever nearest to it (inf would raise BLAS's invalid flag)
+    augmented = np.zeros((batch.n_fits, batch.k_max, dim + 1))
+    c = augmented[:, :, :dim]
+    np.copyto(c, centres, where=~unused)
+    for _ in range(max_iter):
+        members = (labels[:, None, :] == slots) * w  # (fits, k, n): each cluster's weights
+        sums = members @ batch.points_one  # (fits, k, D + 1): the weighted sums, then the mass
+        mass = sums[:, :, dim:]
+        np.divide(sums[:, :, :dim], mass, out=c, where=mass > 0)  # an emptied cluster keeps its centre
+        np.add((c * c).sum(axis=2), no_centre, out=augmented[:, :, dim])
+        near = augmented @ batch.points_augmented + offset  # (fits, k, n)
+        close = near - near.min(axis=1, keepdims=True) <= batch.tie_tolerance
+        if close.sum() > labels.size:  # a doubt: another centre within the tolerance of the nearest
+            return None
+        new_labels = close.argmax(axis=1)  # the only close one: the nearest
+        if np.array_equal(new_labels, labels):
+            break
+        labels = new_labels
+    else:
+        return None
+    np.copyto(centres, c, where=~unused)
+    own = centres[batch.every[:, None], labels]  # (fits, n, D): each point's centre
+    diff = batch.points - own
+    nearest = pairwise_sum((diff * diff).reshape(-1, batch.dim).T).reshape(labels.shape)
+    return labels.T, nearest.T
+
+
+class _Layout:
+    """The part of a `_Batch` that depends only on its pools' size classes: where every fit and draw sits.
+
+    A pool's class (`_size_class`) is what its size changes in the batch: its k limit, and how numpy
+    groups the sums over its points. Pools are ordered by class, so that fits that sum alike are
+    neighbours (`sum_groups`), and padded to the largest pool.
     """
 
-    _cache: OrderedDict[tuple, _Batch] = OrderedDict()
-    _cache_size = 16
-    _last: _Batch | None = None  # the batch of the last call, with `arrays`, the points it was given
-    # Pools of at most this many distinct points (0/1 rewards: G + 1) keep the distances between their
-    # points and are cached; larger ones (graded rewards) change every step, so neither would pay.
-    small = 64
+    cache: OrderedDict[tuple, _Layout] = OrderedDict()
+    cache_size = 256
 
     @classmethod
-    def for_points(cls, points: Sequence[np.ndarray], max_k: int, n_init: int) -> _Batch:
-        # Read-only arrays passed again (RewardPool's, until its distinct rows change) are the same
-        # points: no need to compare their bytes.
-        last = cls._last
-        if (
-            last is not None
-            and last.key[:2] == (max_k, n_init)
-            and len(last.arrays) == len(points)
-            and all(
-                a is b and a.base is None and not a.flags.writeable for a, b in zip(last.arrays, points, strict=True)
-            )
-        ):
-            return last
-        if max(len(p) for p in points) > cls.small:
-            return cls(points, max_k, n_init)
-        key = (max_k, n_init, *((p.shape, p.tobytes()) for p in points))
-        batch = cls._cache.get(key)
-        if batch is None:
-            batch = cls._cache[key] = cls(points, max_k, n_init)
-            batch.key = key
-            while len(cls._cache) > cls._cache_size:
-                cls._cache.popitem(last=False)
+    def get(cls, sizes: Sequence[int], dim: int, max_k: int, n_init: int) -> _Layout:
+        key = (tuple(_size_class(n, max_k) for n in sizes), max(sizes), dim, max_k, n_init)
+        layout = cls.cache.get(key)
+        if layout is None:
+            layout = cls.cache[key] = cls(*key)
+            while len(cls.cache) > cls.cache_size:
+                cls.cache.popitem(last=False)
         else:
-            cls._cache.move_to_end(key)
-        batch.arrays = tuple(points)
-        cls._last = batch
-        return batch
+            cls.cache.move_to_end(key)
+        return layout
 
-    def __init__(self, points: Sequence[np.ndarray], max_k: int, n_init: int):
-        if min(len(p) for p in points) < 1:
-            raise ValueError("every pool needs at least one point")
-        self.key: tuple = ()
-        self.arrays: tuple[np.ndarray, ...] = ()
-        self.dim = dim = points[0].shape[1]
-        n_pools = len(points)
-        pool_sizes = [len(p) for p in points]
-        self.order = sorted(range(n_pools), key=pool_sizes.__getitem__)
-        self.sizes = [pool_sizes[i] for i in self.order]
-        self.k_limits = [min(max_k, n) for n in self.sizes]
-        self.n_max, self.k_max = n_max, k_max = max(self.sizes), max(self.k_limits)
+    def __init__(self, classes: tuple[tuple[int, int], ...], n_max: int, dim: int, max_k: int, n_init: int):
+        self.dim = dim
+        n_pools = len(classes)
+        self.order = sorted(range(n_pools), key=classes.__getitem__)
+        self.k_limits = [classes[i][0] for i in self.order]
+        self.n_max, self.k_max = n_max, k_max = n_max, max(self.k_limits)
         fits_per_pool = [1 + n_init * (k - 1) for k in self.k_limits]
         self.first_fit = np.cumsum([0, *fits_per_pool[:-1]]).tolist()
         self.fit_pool = np.repeat(np.arange(n_pools), fits_per_pool)
@@ -350,23 +557,13 @@ class _Batch:
         place = self.every - np.repeat(self.first_fit, fits_per_pool)  # 0: k = 1, then k = 2's restarts, ...
         restart = np.where(place == 0, 0, (place - 1) % n_init)
         self.fit_k = k = np.where(place == 0, 1, (place - 1) // n_init + 2)
-        fit_sizes = np.repeat(self.sizes, fits_per_pool)
-        self.sum_groups = _sum_groups(fit_sizes)
-        real = np.arange(n_max)[:, None] < fit_sizes[None, :]  # (n, fits)
+        # The most rows each fit's sums may run over and still add its points as numpy would
+        self.sum_groups = _sum_groups(np.repeat([min(classes[i][1], n_max) for i in self.order], fits_per_pool))
         self.point_index = np.arange(n_max)[None, :, None]
         self.unused = np.arange(k_max)[None, :] >= k[:, None]  # (fits, k)
         self.unused_pairs = self.unused.T[:, None, :]  # (k, 1, fits): where (k, n, fits) distances are to no centre
         self.seeding = [np.flatnonzero((k > j) & (k > 1)) for j in range(k_max)]
-
-        # In the pools' own order: each pool's row in the batch, its size, where its points start in
-        # the results, which of its padded points are real, and where each fit's weights come from in
-        # the pools' counts laid end to end (padding: the 0 appended after them).
         self.rank = np.argsort(self.order)
-        self.pool_sizes = np.array(pool_sizes)
-        self.point_start = np.concatenate([[0], np.cumsum(self.pool_sizes)])
-        self.real_by_pool = np.arange(n_max)[None, :] < self.pool_sizes[:, None]
-        source = self.point_start[np.array(self.order)][self.fit_pool] + np.arange(n_max)[:, None]
-        self.weight_source = np.where(real, source, self.point_start[-1])  # (n, fits)
         # Per pool row and k (k = 1 first), the fits of its restarts; past its k limit, a fit index
         # one beyond the last, whose inertia is taken as infinite.
         ks, restarts = np.arange(1, k_max + 1)[None, :, None], np.arange(n_init)[None, None, :]
@@ -378,7 +575,7 @@ class _Batch:
         # Where each fit's seeds sit in its pool's stream, offset into the concatenated streams of the
         # pools that draw (position 0 is a NaN: no draw). A pool's stream is the k = 1 draw, then k
         # draws for each restart of each k = 2, 3, ...
-        self.stream_lengths = [1 + n_init * (kl * (kl + 1) // 2 - 1) for kl in self.k_limits]
+        self.stream_lengths = [stream_length(kl, n_init) for kl in self.k_limits]
         drawn = [n if kl > 1 else 0 for n, kl in zip(self.stream_lengths, self.k_limits, strict=True)]
         offset = 1 + np.cumsum([0, *drawn[:-1]])
         at = offset[self.fit_pool] + 1 + n_init * (k * (k - 1) // 2 - 1) + restart * k  # the fit's first draw
@@ -387,35 +584,136 @@ class _Batch:
         self.drawing = [
             (i, n) for i, kl, n in zip(self.order, self.k_limits, self.stream_lengths, strict=True) if kl > 1
         ]
-
-        # Padding: weight-0 copies of the pool's first point.
-        laid = np.concatenate([points[i] for i in self.order])
-        row_start = np.cumsum([0, *self.sizes[:-1]])[:, None]
-        padded = laid[
-            np.where(np.arange(n_max) < np.array(self.sizes)[:, None], row_start + np.arange(n_max), row_start)
-        ]
-        self.points = padded[self.fit_pool]  # (fits, n, D)
-        self.points_by_row = np.ascontiguousarray(self.points.transpose(1, 0, 2))  # (n, fits, D)
-        self.points_and_one = np.concatenate([self.points_by_row, np.ones((n_max, n_fits, 1))], axis=2)
         # Lloyd's sums: the bin of (fit f, cluster c, coordinate or weight d) is bins[0, f, d] + c * (D + 1)
         self.bins = (self.every[:, None] * k_max * (dim + 1) + np.arange(dim + 1))[None]
-        self.distances = _Distances(self.points_by_row)
+        self.not_self = ~np.eye(n_max, dtype=bool)
+
+
+def _size_class(n: int, max_k: int) -> tuple[int, int]:
+    """(k limit, the most rows numpy would sum as it sums n): n values are added one by one below 8,
+    in blocks of 8 plus a remainder up to 128 (zeros past n join the remainder while the blocks stay
+    whole), and by halves beyond, where only n itself sums like n."""
+    return min(max_k, n), (7 if n < 8 else n // 8 * 8 + 7 if n <= 128 else n)
+
+
+class _Batch:
+    """Everything about a batch of fits that depends on the pools' points alone, not on their weights.
+
+    A domain's distinct reward vectors change rarely, their counts every step, so this is cached by the
+    points' bytes (`for_points`), and the part that depends on their sizes alone by those (`_Layout`).
+    Fits are in each pool's stream order: k = 1 (whose one draw does not matter: a single
+    cluster ends at the weighted mean wherever it starts), then k = 2's restarts with two draws each,
+    k = 3's with three, and so on.
+    """
+
+    _cache: OrderedDict[tuple, _Batch] = OrderedDict()
+    _cache_size = 64
+    # The same cache keyed by the identity of read-only arrays (RewardPool's, until its distinct rows
+    # change): looking up a batch is then a tuple of ids, not the points' bytes. An entry holds its
+    # arrays, so their ids cannot be reused by other arrays while it is cached.
+    _by_identity: OrderedDict[tuple, tuple[tuple[np.ndarray, ...], _Batch]] = OrderedDict()
+    # Pools of at most this many distinct points (0/1 rewards: G + 1) keep the distances between their
+    # points and are cached; larger ones (graded rewards) change every step, so neither would pay.
+    small = 64
+
+    @classmethod
+    def for_points(cls, points: Sequence[np.ndarray], max_k: int, n_init: int) -> _Batch:
+        frozen = all(p.base is None and not p.flags.writeable for p in points)
+        if frozen:
+            identity = (max_k, n_init, *map(id, points))
+            entry = cls._by_identity.get(identity)
+            if entry is not None:
+                cls._by_identity.move_to_end(identity)
+                return entry[1]
+        if max(len(p) for p in points) > cls.small:
+            return cls(points, max_k, n_init)
+        key = (max_k, n_init, *((p.shape, p.tobytes()) for p in points))
+        batch = cls._cache.get(key)
+        if batch is None:
+            batch = cls._cache[key] = cls(points, max_k, n_init)
+            while len(cls._cache) > cls._cache_size:
+                cls._cache.popitem(last=False)
+        else:
+            cls._cache.move_to_end(key)
+        if frozen:
+            cls._by_identity[identity] = (tuple(points), batch)
+            while len(cls._by_identity) > cls._cache_size:
+                cls._by_identity.popitem(last=False)
+        return batch
+
+    def __init__(self, points: Sequence[np.ndarray], max_k: int, n_init: int):
+        if min(len(p) for p in points) < 1:
+            raise ValueError("every pool needs at least one point")
+        self.__dict__.update(_Layout.get([len(p) for p in points], points[0].shape[1], max_k, n_init).__dict__)
+        dim, n_max, order = self.dim, self.n_max, self.order
+        # In the pools' own order: each one's size, where its points start in the results, and which
+        # of its padded points are real; in the batch's order, where each fit's weights come from in
+        # the pools' counts laid end to end (padding: the 0 appended after them).
+        self.pool_sizes = np.array([len(p) for p in points])
+        self.point_start = np.concatenate([[0], np.cumsum(self.pool_sizes)])
+        self.real_by_pool = np.arange(n_max)[None, :] < self.pool_sizes[:, None]
+        real = self.real_by_pool[order]  # (pools, n)
+        start = self.point_start[order][:, None]
+        source = np.where(real, start + np.arange(n_max), start)  # padding: the pool's first point
+        self.weight_source = np.where(real, source, self.point_start[-1])[self.fit_pool].T  # (n, fits)
+        self.distinct_pairs = real[:, :, None] & real[:, None, :] & self.not_self
+        laid = np.concatenate(points)
+        padded = laid[source]  # (pools, n, D)
+        self.points = padded[self.fit_pool]  # (fits, n, D)
+        # Whole-number points have whole differences, squares and sums (while below 2**53): their
+        # distances are exact in any order of adding, and `_lloyd_whole` applies.
+        largest = float(np.abs(laid).max())
+        self.whole_points = bool(4 * largest * largest * dim < 2**53 and (np.floor(laid) == laid).all())
+        # For `_lloyd_whole`: the points with a 1 appended (fits, n, D + 1), as (-2 x, 1) per column
+        # (fits, D + 1, n), and their squared norms (fits, 1, n); how far
+        # apart two distances must be for both ways of computing them to order them alike (each
+        # rounds by a few units of 1e-16 of the largest squared norm, which bounds every term); and
+        # the largest coordinate, which bounds the exact sums.
+        self.slots = np.arange(self.k_max)[None, :, None]
+        self.no_centre = np.where(self.unused, 1e300, 0.0)  # |c|^2 of an unused slot
+        self.points_one = np.concatenate([self.points, np.ones((self.n_fits, n_max, 1))], axis=2)
+        self.points_augmented = np.concatenate(
+            [-2.0 * padded.transpose(0, 2, 1), np.ones((len(padded), 1, n_max))], axis=1
+        )[self.fit_pool]  # (fits, D + 1, n)
+        square_norms = (padded * padded).sum(axis=2)  # (pools, n)
+        self.square_norms = square_norms[self.fit_pool][:, None, :]
+        self.largest = largest if self.whole_points else np.inf
+        self.tie_tolerance = 1e-9 * max(1.0, largest * largest * dim)
         # Squared distance between any two points of a small pool, as a fit computes a point's distance
         # to a centre: k-means++ seeding and the first assignment (to the seeds) need only these.
         if n_max <= self.small:
-            self.between = _Distances(padded.transpose(1, 0, 2))(padded).transpose(2, 0, 1)
+            if self.whole_points:
+                # |x|^2 + |y|^2 - 2 x.y: exact on whole numbers, and one matrix product
+                self.between = (
+                    square_norms[:, :, None] + square_norms[:, None, :] - 2.0 * (padded @ padded.transpose(0, 2, 1))
+                )
+            else:
+                self.between = _Distances(padded.transpose(1, 0, 2))(padded).transpose(2, 0, 1)
             self.to_seed = None
             self.most_distant = float(self.between.max())
             # Whole numbers, and at least 1 between any two of a pool's points (`_seed_kmeans_pp`).
-            real = np.arange(n_max) < np.array(self.sizes)[:, None]
-            pairs = real[:, :, None] & real[:, None, :] & ~np.eye(n_max, dtype=bool)
             self.whole_distances = bool(
-                np.isfinite(self.most_distant) and (self.between % 1 == 0).all() and (self.between[pairs] >= 1).all()
+                np.isfinite(self.most_distant)
+                and (np.floor(self.between) == self.between).all()
+                and (self.between[self.distinct_pairs] >= 1).all()
             )
         else:
             self.between = None
             self.to_seed = _Distances(self.points_by_row)
             self.whole_distances = False
+
+    # Needed by `_lloyd` and large pools only: most batches never build them.
+    @functools.cached_property
+    def points_by_row(self) -> np.ndarray:
+        return np.ascontiguousarray(self.points.transpose(1, 0, 2))  # (n, fits, D)
+
+    @functools.cached_property
+    def points_and_one(self) -> np.ndarray:
+        return np.concatenate([self.points_by_row, np.ones((self.n_max, self.n_fits, 1))], axis=2)
+
+    @functools.cached_property
+    def distances(self) -> _Distances:
+        return _Distances(self.points_by_row)
 
     def seed_distances(self, seeds: np.ndarray) -> np.ndarray:
         """(n, fits): each point's squared distance to its fit's seed (an index into the fit's points)."""
@@ -469,15 +767,18 @@ def _seed_kmeans_pp(batch: _Batch, weights: np.ndarray, uniforms: np.ndarray, ex
             nearest = to_seed if nearest is None else np.minimum(nearest, to_seed)
             mass = weights * nearest
         if exact:  # and a pool's points are at least 1 apart: every fit that draws has mass left
-            total = mass.sum(axis=0)
+            # A whole mass is 0 or at least 1: max(total, 1) changes only the totals of fits that draw
+            # no j-th seed, and keeps their arithmetic quiet.
+            cdf = np.cumsum(mass / np.maximum(mass.sum(axis=0), 1.0), axis=0)
+            cdf /= np.maximum(cdf[-1], 1e-300)
         else:
             total = _column_sums(mass, batch.sum_groups)
             drawing = total[batch.seeding[j]]  # the fits that draw a j-th seed; NaN fails the test too
             if drawing.size and not (drawing.min() > 0 and drawing.max() < np.inf):
                 return None
-        total[total <= 0] = 1.0  # fits that draw no j-th seed: keep their arithmetic quiet
-        cdf = np.cumsum(mass / total, axis=0)
-        np.divide(cdf, cdf[-1], out=cdf, where=cdf[-1] > 0)
+            total[total <= 0] = 1.0  # fits that draw no j-th seed: keep their arithmetic quiet
+            cdf = np.cumsum(mass / total, axis=0)
+            np.divide(cdf, cdf[-1], out=cdf, where=cdf[-1] > 0)
         seeds[j] = np.minimum((cdf <= uniforms[j]).sum(axis=0), batch.n_max - 1)
     seeds[:, batch.fit_k == 1] = 0
     return seeds
@@ -571,110 +872,6 @@ def unique_rows(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     rows = x.view(np.dtype((np.void, x.itemsize * x.shape[1]))).ravel()
     _, first, inverse, counts = np.unique(rows, return_index=True, return_inverse=True, return_counts=True)
     return x[first], inverse.reshape(-1), counts
-
-
-class RewardPool:
-    """One domain's most recent ``capacity`` feature rows, kept as counts of their distinct rows.
-
-    `distinct()` is what `unique_rows` returns for `rows()`, without sorting the whole pool every step:
-    rows are keyed by their bytes (after folding -0.0 into 0.0), and the distinct rows come out in byte
-    order, which is the order numpy's unique gives the same byte view. A step adds a few rows, so the
-    bookkeeping is plain Python on ids.
-    """
-
-    def __init__(self, capacity: int, dim: int):
-        if capacity < 1:
-            raise ValueError(f"capacity must be >= 1, got {capacity}")
-        self.capacity = capacity
-        self.dim = dim
-        self._ring: deque[int] = deque()  # the pool's rows as ids, oldest first
-        self._index: dict[bytes, int] = {}
-        self._keys: list[bytes | None] = []
-        self._counts: list[int] = []
-        self._vectors = np.empty((0, dim))
-        self._free: list[int] = []
-        self._order: np.ndarray | None = None  # live ids in byte order, until the live set changes
-        self._live: list[int] = []
-        self._points = np.empty((0, dim))
-        self._point_of_id = np.empty(0, dtype=np.intp)
-
-    def __len__(self) -> int:
-        return len(self._ring)
-
-    @property
-    def vectors(self) -> np.ndarray:
-        """The row of each id (rows of ids no longer in the pool stay readable until the next `extend`)."""
-        return self._vectors
-
-    def rows(self) -> np.ndarray:
-        return self._vectors[np.fromiter(self._ring, dtype=np.intp, count=len(self._ring))]
-
-    def extend(self, features: np.ndarray, truncate: bool = True) -> list[int]:
-        """Append rows, then drop the oldest beyond `capacity` (unless not `truncate`); returns each row's id."""
-        x = np.ascontiguousarray(features, dtype=np.float64) + 0.0
-        if x.ndim != 2 or x.shape[1] != self.dim:
-            raise ValueError(f"pool rows must have {self.dim} values, got shape {x.shape}")
-        width = x.itemsize * self.dim
-        buffer = x.tobytes()
-        counts, ring, index = self._counts, self._ring, self._index
-        before: dict[int, int] = {}  # count of each id touched, before this call
-        ids = []
-        for i in range(len(x)):
-            key = buffer[i * width : (i + 1) * width]
-            found = index.get(key)
-            if found is None:
-                found = self._new_id(key, x[i])
-            before.setdefault(found, counts[found])
-            counts[found] += 1
-            ring.append(found)
-            ids.append(found)
-        while truncate and len(ring) > self.capacity:
-            old = ring.popleft()
-            before.setdefault(old, counts[old])
-            counts[old] -= 1
-        for touched, count in before.items():
-            if (count > 0) != (counts[touched] > 0):
-                self._order = None
-            if counts[touched] == 0:  # out of the pool (possibly added and pushed out in this call)
-                del index[self._keys[touched]]
-                self._keys[touched] = None
-                self._free.append(touched)
-        return ids
-
-    def _new_id(self, key: bytes, row: np.ndarray) -> int:
-        if self._free:
-            new = self._free.pop()
-        else:
-            new = len(self._keys)
-            self._keys.append(None)
-            self._counts.append(0)
-            if new >= len(self._vectors):
-                self._vectors = np.concatenate([self._vectors, np.zeros((max(16, len(self._vectors)), self.dim))])
-        self._keys[new] = key
-        self._index[key] = new
-        self._vectors[new] = row
-        return new
-
-    def distinct(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(distinct rows in byte order, their counts, their ids)."""
-        self._sort()
-        counts = self._counts
-        return self._points, np.array([counts[i] for i in self._live], dtype=np.float64), self._order
-
-    def point_of(self, ids: Sequence[int]) -> np.ndarray:
-        """Each id's index among the distinct rows of `distinct()`, -1 for an id no longer in the pool."""
-        self._sort()
-        return self._point_of_id[np.asarray(ids, dtype=np.intp)]
-
-    def _sort(self) -> None:
-        if self._order is None:
-            live = sorted((i for i, count in enumerate(self._counts) if count > 0), key=self._keys.__getitem__)
-            self._order = np.array(live, dtype=np.intp)
-            self._live = live
-            self._points = self._vectors[self._order]
-            self._points.flags.writeable = False  # the same array until the distinct rows change (see _Batch)
-            self._point_of_id = np.full(len(self._vectors), -1)
-            self._point_of_id[self._order] = np.arange(len(live))
 
 
 def rollout_features(rewards: np.ndarray, dim: int) -> np.ndarray:

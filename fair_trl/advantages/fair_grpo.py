@@ -21,11 +21,20 @@ from typing import Any, ClassVar, NamedTuple
 import numpy as np
 import torch
 
-from fair_trl.advantages.clustering import RewardPool, fit_pools, pairwise_sum, rollout_features_by_block
+from fair_trl.advantages.clustering import fit_pools, pairwise_sum, rollout_features_by_block, stream_length
 from fair_trl.advantages.layout import as_prompt_rows, per_prompt
+from fair_trl.advantages.reward_pools import (
+    BinaryRewardPool,
+    RewardPool,
+    every_sorted_binary_row,
+    sorted_binary_ones,
+)
+from fair_trl.advantages.streams import Drawn, as_uniforms, pcg64_draws
 from fair_trl.groups import UNKNOWN
 
 __all__ = ["FairGRPOAdvantage", "GroupStats", "temperature"]
+
+_DRAWN_STEPS = 64
 
 
 @dataclass
@@ -220,8 +229,10 @@ class FairGRPOAdvantage:
         self._domain_sums = _Sums()
         self._group_sums = _Sums()
         self._unlabeled_seen = np.zeros(0, dtype=np.int64)
-        self._pools: dict[int, RewardPool] = {}  # domain id -> its unlabeled reward vectors
+        self._pools: dict[int, RewardPool | BinaryRewardPool] = {}  # domain id -> its unlabeled reward vectors
         self._crc: dict[int, int] = {}
+        self._drawn_block = -1
+        self._drawn: dict[int, np.ndarray] = {}  # domain id -> its draws for the steps of _drawn_block
         self._calls: deque[_Call] = deque()
         self._info_keys = _Codes()  # last_info["group_weight"] keys: a group's name, "unknown" for None
         self._info_key_of_name = np.zeros(0, dtype=np.intp)
@@ -236,12 +247,13 @@ class FairGRPOAdvantage:
         domains: Sequence[str],
         groups: Sequence[str | None],
     ) -> torch.Tensor:
-        grouped = as_prompt_rows(rewards, num_generations).detach()
+        grouped = as_prompt_rows(rewards, num_generations)
         if grouped.dtype not in (torch.float32, torch.float64):
             grouped = grouped.to(torch.float64)
         # One column per prompt (G x P): a prompt's sums over its rollouts are then a few whole-row
         # additions (`pairwise_sum`, in the order numpy sums each prompt's row) instead of P reductions.
-        columns = np.array(grouped.cpu().numpy().T, dtype=np.float64, order="C")  # a copy, exact from either
+        rows = (grouped.detach() if grouped.requires_grad else grouped).cpu().numpy()
+        columns = np.array(rows.T, dtype=np.float64, order="C")  # a copy, exact from either
         r = columns.T
         prompt_domains = per_prompt(domains, num_generations, len(r), "domains")
         prompt_groups = per_prompt(groups, num_generations, len(r), "groups")
@@ -304,7 +316,10 @@ class FairGRPOAdvantage:
 
         signal = scored[s.any(axis=0)[scored]]
         self._record_info(domain_ids, name_ids, divisors, batch_std, scored, signal, n_clusters)
-        return torch.from_numpy(advantages.reshape(-1)).to(dtype=rewards.dtype, device=rewards.device)
+        flat = advantages.reshape(-1)
+        if rewards.is_cpu and rewards.dtype == torch.float32:
+            return torch.from_numpy(flat.astype(np.float32))  # the same rounding as torch's cast, without its dispatch
+        return torch.from_numpy(flat).to(dtype=rewards.dtype, device=rewards.device)
 
     def _normalise_within_prompt(
         self, columns: np.ndarray, valid: np.ndarray | None, n_valid: np.ndarray, reward_sums: np.ndarray
@@ -398,42 +413,109 @@ class FairGRPOAdvantage:
         cuts = (np.flatnonzero(blocks[1:] != blocks[:-1]) + 1).tolist()
         starts, stops = [0, *cuts], [*cuts, len(prompts)]
         domains = blocks[starts].tolist()
-        problems, points_of_prompts, pool_sizes = [], [], []
-        for domain, start, stop in zip(domains, starts, stops, strict=True):
+        # 0/1 rewards with every rollout scored (the usual case): each row is its number of ones
+        ones = sorted_binary_ones(features, sorted_rows=True)  # rollout features are sorted
+        pools = []
+        for domain in domains:
             pool = self._pools.get(domain)
             if pool is None:
-                pool = self._pools[domain] = RewardPool(self.cluster_pool_size, self.feature_dim)
-            added = pool.extend(features[start:stop])
-            points, counts, _ = pool.distinct()
-            points_of_prompts.append(pool.point_of(added))
-            pool_sizes.append(len(pool))
-            problems.append((points, counts, self._rng_seed(domain)))
+                kind = RewardPool if ones is None else BinaryRewardPool
+                pool = self._pools[domain] = kind(self.cluster_pool_size, self.feature_dim)
+            elif ones is None and isinstance(pool, BinaryRewardPool):
+                pool = self._pools[domain] = pool.as_reward_pool()
+            pools.append(pool)
+        if ones is not None and all(isinstance(pool, BinaryRewardPool) for pool in self._pools.values()):
+            # Every pool a count per number of ones: one array for all of them, and a prompt's point is
+            # its number of ones (-1 if pushed out of its pool within this call). Every domain's pool is
+            # fitted, not only those with prompts in this call: the batch of fits is then the same from
+            # call to call (`clustering._Batch`), and a pool's fit does not depend on the others.
+            ones_list = ones.tolist()
+            for pool, start, stop in zip(pools, starts, stops, strict=True):
+                pool.extend_ones(ones_list[start:stop])
+            called = domains
+            domains = sorted(self._pools)
+            pools = [self._pools[d] for d in domains]
+            counts = np.array([pool.counts for pool in pools], dtype=np.float64)  # (pools, D + 1)
+            row_of_domain = {d: i for i, d in enumerate(domains)}
+            rows = [row_of_domain[d] for d in called]
+            pool_of_prompt = np.repeat(rows, np.subtract(stops, starts))
+            point = np.where(counts[pool_of_prompt, ones] > 0, ones, -1)
+            every = every_sorted_binary_row(self.feature_dim)
+            problems = list(zip([every] * len(domains), counts, self._rng_seeds(domains), strict=True))
+            first_point = (np.array(rows) * (self.feature_dim + 1)).tolist()
+        else:
+            points_of_prompts, problems = [], []
+            for pool, domain, start, stop in zip(pools, domains, starts, stops, strict=True):
+                if isinstance(pool, BinaryRewardPool):
+                    added = pool.extend_ones(ones[start:stop].tolist())
+                else:
+                    added = pool.extend(features[start:stop])
+                points, counts, _ = pool.distinct()
+                points_of_prompts.append(pool.point_of(added))
+                problems.append((points, counts, self._rng_seeds([domain])[0]))
+            point = np.concatenate(points_of_prompts)  # each prompt's distinct point within its pool
+            first_point = None
+        pool_sizes = np.array([len(pool) for pool in pools])
         fits = fit_pools(problems, max_k=self.max_clusters, threshold=self.elbow_threshold)
 
         # A cluster's N: its share of its domain's pool times the domain's unlabeled prompts so far
         # (counts are whole numbers: their sums are exact in any order).
-        mass = np.bincount(
-            fits.clusters, weights=np.concatenate([c for _, c, _ in problems]), minlength=len(fits.centres)
+        mass = np.bincount(  # a row a pool lacks (cluster -1) weighs 0
+            np.maximum(fits.clusters, 0),
+            weights=np.concatenate([c for _, c, _ in problems]),
+            minlength=len(fits.centres),
         )
         pool_of_cluster = np.repeat(np.arange(len(domains)), np.diff(fits.cluster_start))
         seen = self._unlabeled_seen[domains][pool_of_cluster]
-        cluster_n = mass / np.array(pool_sizes)[pool_of_cluster] * seen
-        cluster_mean = fits.centres.mean(axis=1)
+        cluster_n = mass / pool_sizes[pool_of_cluster] * seen
+        cluster_mean = fits.centres.sum(axis=1) / fits.centres.shape[1]  # np.mean's operations, without its overhead
 
-        point = np.concatenate(points_of_prompts)  # each prompt's distinct point within its pool
-        clusters = fits.clusters[point + np.repeat(fits.point_start[:-1], np.subtract(stops, starts))]
+        if first_point is None:
+            first_point = fits.point_start[:-1]
+            row_of_block = np.arange(len(starts))
+        else:
+            row_of_block = np.array(rows)
+        n_clusters = int(np.diff(fits.cluster_start)[row_of_block].sum())  # of the pools this call added to
+        clusters = fits.clusters[point + np.repeat(first_point, np.subtract(stops, starts))]
         for q in np.flatnonzero(point < 0).tolist():  # pushed out of the pool within this call: its nearest centre
-            first, stop = fits.cluster_start[bisect.bisect_right(cuts, q) + np.arange(2)]
+            first, stop = fits.cluster_start[row_of_block[bisect.bisect_right(cuts, q)] + np.arange(2)]
             clusters[q] = first + int(((features[q] - fits.centres[first:stop]) ** 2).sum(-1).argmin())
         prompt_n[prompts] = cluster_n[clusters]
         prompt_mean[prompts] = cluster_mean[clusters]
-        return prompt_n, prompt_mean, len(fits.centres)
+        return prompt_n, prompt_mean, n_clusters
 
-    def _rng_seed(self, domain: int) -> list[int]:
+    def _rng_seeds(self, domains: list[int]) -> list[list[int] | Drawn]:
+        """Each domain's k-means++ seed for this step, with its draws where they can be drawn ahead."""
         # Derived from state, not a global RNG, so every rank and a resumed run draw the same inits.
-        if domain not in self._crc:
-            self._crc[domain] = zlib.crc32(str(self._domains.values[domain]).encode())
-        return [self.seed, self.step, self._crc[domain]]
+        for domain in domains:
+            if domain not in self._crc:
+                self._crc[domain] = zlib.crc32(str(self._domains.values[domain]).encode())
+        if not 0 <= self.seed < 2**32 or self.step >= 2**32:
+            return [[self.seed, self.step, self._crc[d]] for d in domains]
+        # The draws of _DRAWN_STEPS steps at a time, for every domain seen (`streams`): building a
+        # generator per domain and step would cost more than the fits that use it.
+        block = self.step - self.step % _DRAWN_STEPS
+        if self._drawn_block != block:
+            self._drawn_block, self._drawn = block, {}
+        missing = [d for d in self._crc if d not in self._drawn]
+        if missing:
+            self._draw_block(missing)
+        at, seed, step, drawn, crc = self.step - block, self.seed, self.step, self._drawn, self._crc
+        return [Drawn((seed, step, crc[d]), drawn[d][at]) for d in domains]
+
+    def _draw_block(self, domains: list[int]) -> None:
+        steps = self._drawn_block + np.arange(_DRAWN_STEPS)
+        words = np.stack(
+            [
+                np.full((len(domains), _DRAWN_STEPS), self.seed),
+                np.broadcast_to(steps, (len(domains), _DRAWN_STEPS)),
+                np.array([self._crc[d] for d in domains])[:, None].repeat(_DRAWN_STEPS, axis=1),
+            ],
+            axis=-1,
+        ).reshape(-1, 3)
+        draws = as_uniforms(pcg64_draws(words, stream_length(self.max_clusters)))
+        draws = draws.reshape(len(domains), _DRAWN_STEPS, -1)
+        self._drawn.update(zip(domains, draws, strict=True))
 
     def _record_info(
         self,
@@ -544,9 +626,15 @@ class FairGRPOAdvantage:
             self._unlabeled_seen[domain(d)] = int(n)
         dim = self.feature_dim or 0
         for d, rows in state["pools"].items():
-            pool = self._pools[domain(d)] = RewardPool(self.cluster_pool_size, dim)
             # As saved, even if longer than this estimator's pool size: the next call cuts it.
-            pool.extend(np.asarray(rows, dtype=np.float64).reshape(-1, dim), truncate=False)
+            features = np.asarray(rows, dtype=np.float64).reshape(-1, dim)
+            ones = sorted_binary_ones(features)
+            if ones is None:
+                self._pools[domain(d)] = RewardPool(self.cluster_pool_size, dim)
+                self._pools[domain(d)].extend(features, truncate=False)
+            else:
+                self._pools[domain(d)] = BinaryRewardPool(self.cluster_pool_size, dim)
+                self._pools[domain(d)].extend_ones(ones.tolist(), truncate=False)
         for added in state.get("history", []):
             entries = [(str(d), g, float(total), int(count)) for d, g, total, count in added]
             self._calls.append(
