@@ -344,7 +344,7 @@ def _fit(
     ks = np.array(ks)[batch.rank]
     centres = centres[chosen][batch.ks < ks[:, None]]
     cluster_start = np.array([0, *itertools.accumulate(ks.tolist())])
-    clusters = labels[:, chosen].T[batch.real_by_pool] + np.repeat(cluster_start[:-1], batch.pool_sizes)
+    clusters = labels[:, chosen].T[batch.real_by_pool] + cluster_start[:-1].repeat(batch.pool_sizes)
     return PoolFits(centres, cluster_start, clusters, batch.point_start)
 
 
@@ -502,13 +502,13 @@ def _lloyd_whole(
         sums = members @ batch.points_one  # (fits, k, D + 1): the weighted sums, then the mass
         mass = sums[:, :, dim:]
         np.divide(sums[:, :, :dim], mass, out=c, where=mass > 0)  # an emptied cluster keeps its centre
-        np.add((c * c).sum(axis=2), no_centre, out=augmented[:, :, dim])
+        np.add(np.add.reduce(c * c, axis=2), no_centre, out=augmented[:, :, dim])
         near = augmented @ batch.points_augmented + offset  # (fits, k, n)
         close = near - near.min(axis=1, keepdims=True) <= batch.tie_tolerance
-        if close.sum() > labels.size:  # a doubt: another centre within the tolerance of the nearest
+        if np.count_nonzero(close) > labels.size:  # a doubt: another centre within the tolerance of the nearest
             return None
         new_labels = close.argmax(axis=1)  # the only close one: the nearest
-        if np.array_equal(new_labels, labels):
+        if (new_labels == labels).all():
             break
         labels = new_labels
     else:
@@ -769,7 +769,7 @@ def _seed_kmeans_pp(batch: _Batch, weights: np.ndarray, uniforms: np.ndarray, ex
         if exact:  # and a pool's points are at least 1 apart: every fit that draws has mass left
             # A whole mass is 0 or at least 1: max(total, 1) changes only the totals of fits that draw
             # no j-th seed, and keeps their arithmetic quiet.
-            cdf = np.cumsum(mass / np.maximum(mass.sum(axis=0), 1.0), axis=0)
+            cdf = (mass / np.maximum(np.add.reduce(mass, axis=0), 1.0)).cumsum(axis=0)
             cdf /= np.maximum(cdf[-1], 1e-300)
         else:
             total = _column_sums(mass, batch.sum_groups)

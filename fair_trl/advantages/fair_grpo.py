@@ -276,7 +276,7 @@ class FairGRPOAdvantage:
             n_valid = valid.sum(axis=0)
             filled = np.where(valid, columns, 0.0)
         reward_sums = pairwise_sum(filled)
-        scored = np.flatnonzero(n_valid > 0)
+        scored = np.arange(len(r)) if everything else np.nonzero(n_valid > 0)[0]
         domain_ids = self._domains.encode(prompt_domains)
         name_ids = self._names.encode(prompt_groups)
         self._grow()
@@ -406,11 +406,11 @@ class FairGRPOAdvantage:
         if not unlabeled.size:
             return prompt_n, prompt_mean, 0
         assert self.feature_dim is not None
-        by_domain = np.argsort(domain_ids[unlabeled], kind="stable")  # a domain's prompts together, in order
+        by_domain = domain_ids[unlabeled].argsort(kind="stable")  # a domain's prompts together, in order
         prompts = unlabeled[by_domain]
         blocks = domain_ids[prompts]
         features = rollout_features_by_block(r[prompts], blocks, self.feature_dim)
-        cuts = (np.flatnonzero(blocks[1:] != blocks[:-1]) + 1).tolist()
+        cuts = (np.nonzero(blocks[1:] != blocks[:-1])[0] + 1).tolist()
         starts, stops = [0, *cuts], [*cuts, len(prompts)]
         domains = blocks[starts].tolist()
         # 0/1 rewards with every rollout scored (the usual case): each row is its number of ones
@@ -438,7 +438,7 @@ class FairGRPOAdvantage:
             counts = np.array([pool.counts for pool in pools], dtype=np.float64)  # (pools, D + 1)
             row_of_domain = {d: i for i, d in enumerate(domains)}
             rows = [row_of_domain[d] for d in called]
-            pool_of_prompt = np.repeat(rows, np.subtract(stops, starts))
+            pool_of_prompt = np.array(rows).repeat(np.subtract(stops, starts))
             point = np.where(counts[pool_of_prompt, ones] > 0, ones, -1)
             every = every_sorted_binary_row(self.feature_dim)
             problems = list(zip([every] * len(domains), counts, self._rng_seeds(domains), strict=True))
@@ -465,7 +465,8 @@ class FairGRPOAdvantage:
             weights=np.concatenate([c for _, c, _ in problems]),
             minlength=len(fits.centres),
         )
-        pool_of_cluster = np.repeat(np.arange(len(domains)), np.diff(fits.cluster_start))
+        clusters_per_pool = fits.cluster_start[1:] - fits.cluster_start[:-1]
+        pool_of_cluster = np.arange(len(domains)).repeat(clusters_per_pool)
         seen = self._unlabeled_seen[domains][pool_of_cluster]
         cluster_n = mass / pool_sizes[pool_of_cluster] * seen
         cluster_mean = fits.centres.sum(axis=1) / fits.centres.shape[1]  # np.mean's operations, without its overhead
@@ -475,9 +476,9 @@ class FairGRPOAdvantage:
             row_of_block = np.arange(len(starts))
         else:
             row_of_block = np.array(rows)
-        n_clusters = int(np.diff(fits.cluster_start)[row_of_block].sum())  # of the pools this call added to
-        clusters = fits.clusters[point + np.repeat(first_point, np.subtract(stops, starts))]
-        for q in np.flatnonzero(point < 0).tolist():  # pushed out of the pool within this call: its nearest centre
+        n_clusters = int(clusters_per_pool[row_of_block].sum())  # of the pools this call added to
+        clusters = fits.clusters[point + np.asarray(first_point).repeat(np.subtract(stops, starts))]
+        for q in np.nonzero(point < 0)[0].tolist():  # pushed out of the pool within this call: its nearest centre
             first, stop = fits.cluster_start[row_of_block[bisect.bisect_right(cuts, q)] + np.arange(2)]
             clusters[q] = first + int(((features[q] - fits.centres[first:stop]) ** 2).sum(-1).argmin())
         prompt_n[prompts] = cluster_n[clusters]
@@ -659,4 +660,4 @@ def _means_by_key(keys: np.ndarray, values: np.ndarray, names: Sequence[Hashable
         return {}
     counts = np.bincount(keys)
     totals = np.bincount(keys, weights=values)
-    return {names[k]: float(totals[k] / counts[k]) for k in np.flatnonzero(counts).tolist()}
+    return {names[k]: float(totals[k] / counts[k]) for k in np.nonzero(counts)[0].tolist()}
