@@ -68,7 +68,7 @@ def temperature(num_prompts: Any, mean_reward: Any, reward_floor: float = 0.0) -
     optional variant, 0 in the paper) raises that clip: a group the model almost always fails then gets
     at most ``1 / floor`` times the weight of a group at mean reward 1, instead of up to ``1 / epsilon``.
     """
-    return np.sqrt(num_prompts) * np.maximum(np.maximum(mean_reward, reward_floor), 0.0)
+    return np.sqrt(num_prompts) * np.maximum(mean_reward, max(reward_floor, 0.0))
 
 
 class _Sums:
@@ -277,29 +277,30 @@ class FairGRPOAdvantage:
             filled = np.where(valid, columns, 0.0)
         reward_sums = pairwise_sum(filled)
         scored = np.arange(len(r)) if everything else np.nonzero(n_valid > 0)[0]
+        take = slice(None) if everything else scored  # the scored prompts: a view where they are all of them
         domain_ids = self._domains.encode(prompt_domains)
         name_ids = self._names.encode(prompt_groups)
         self._grow()
-        group_ids = self._group_ids(domain_ids, name_ids, scored)
+        group_ids = self._group_ids(domain_ids, name_ids, scored, take)
 
         s = self._normalise_within_prompt(columns, None if everything else valid, n_valid, reward_sums)
-        self._accumulate(domain_ids[scored], group_ids[scored], reward_sums[scored], n_valid[scored])
-        unlabeled = scored[group_ids[scored] < 0]
-        cluster_n, cluster_mean, n_clusters = self._discover_groups(r, domain_ids, unlabeled)
+        self._accumulate(domain_ids[take], group_ids[take], reward_sums[take], n_valid[take])
+        unlabeled = scored[group_ids[take] < 0]
+        prompts, cluster_n, cluster_mean, n_clusters = self._discover_groups(r, domain_ids, unlabeled)
 
         # Eq. 1 for every domain and group at once, then each scored prompt's divisor T_g * T_gamma
         # (eq. 2); unscored prompts keep 1: their scores are all 0 anyway.
         t_domain = temperature(self._domain_sums.prompts, self._domain_sums.mean_reward(), self.reward_floor)
         t_labeled = temperature(self._group_sums.prompts, self._group_sums.mean_reward(), self.reward_floor)
-        t_group = np.where(
-            group_ids >= 0,
-            t_labeled[np.maximum(group_ids, 0)] if len(t_labeled) else 0.0,
-            temperature(cluster_n, cluster_mean, self.reward_floor),
-        )
-        divisors = np.ones(len(r))
-        divisors[scored] = np.maximum(t_domain[domain_ids[scored]] * t_group[scored], self.epsilon)
-        if self.max_weight_ratio is not None and scored.size:
-            divisors[scored] = np.maximum(divisors[scored], divisors[scored].max() / self.max_weight_ratio)
+        # A labeled prompt's group temperature, then an unlabeled one's: its cluster's (step ii).
+        t_group = t_labeled[np.maximum(group_ids, 0)] if len(t_labeled) else np.zeros(len(r))
+        t_group[prompts] = temperature(cluster_n, cluster_mean, self.reward_floor)
+        divisors = np.maximum(t_domain[domain_ids[take]] * t_group[take], self.epsilon)
+        if self.max_weight_ratio is not None and divisors.size:
+            divisors = np.maximum(divisors, divisors.max() / self.max_weight_ratio)
+        if not everything:
+            of_scored, divisors = divisors, np.ones(len(r))
+            divisors[scored] = of_scored
 
         scaled = np.ascontiguousarray((s / divisors).T)  # eq. 2: s' = s / max(T_g * T_gamma, epsilon)
         # The renormalisation: every s' divided by the unbiased std of all scored s' in the batch (in
@@ -314,8 +315,8 @@ class FairGRPOAdvantage:
         if not everything:
             advantages[~valid.T] = 0.0
 
-        signal = scored[s.any(axis=0)[scored]]
-        self._record_info(domain_ids, name_ids, divisors, batch_std, scored, signal, n_clusters)
+        signal = scored[s.any(axis=0)[take]]
+        self._record_info(domain_ids, name_ids, divisors, batch_std, take, signal, n_clusters)
         flat = advantages.reshape(-1)
         if rewards.is_cpu and rewards.dtype == torch.float32:
             return torch.from_numpy(flat.astype(np.float32))  # the same rounding as torch's cast, without its dispatch
@@ -368,10 +369,13 @@ class FairGRPOAdvantage:
             self._group_sums.grow(len(self._groups))
         return int(self._group_of_pair[domain, name])
 
-    def _group_ids(self, domain_ids: np.ndarray, name_ids: np.ndarray, scored: np.ndarray) -> np.ndarray:
-        """The (domain, group) id of each prompt, -1 for unlabeled ones; new pairs of scored prompts get ids."""
+    def _group_ids(
+        self, domain_ids: np.ndarray, name_ids: np.ndarray, scored: np.ndarray, take: np.ndarray | slice
+    ) -> np.ndarray:
+        """The (domain, group) id of each prompt, -1 for unlabeled ones; new pairs of scored prompts get ids.
+        ``take`` selects the scored prompts (``scored``, or a slice of all)."""
         group_ids = np.where(name_ids > 0, self._group_of_pair[domain_ids, name_ids], -1)
-        new = scored[(name_ids[scored] > 0) & (group_ids[scored] < 0)]
+        new = scored[(name_ids[take] > 0) & (group_ids[take] < 0)]
         if new.size:
             for q in new.tolist():
                 self._group_id(int(domain_ids[q]), int(name_ids[q]))
@@ -399,12 +403,11 @@ class FairGRPOAdvantage:
 
     def _discover_groups(
         self, r: np.ndarray, domain_ids: np.ndarray, unlabeled: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray, int]:
-        """(ii): cluster each domain's unlabeled prompts; return per-prompt cluster (N, mean reward)."""
-        prompt_n = np.zeros(len(r))
-        prompt_mean = np.zeros(len(r))
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+        """(ii): cluster each domain's unlabeled prompts; return them (in some order), each one's cluster's
+        N and mean reward, and how many clusters their domains have."""
         if not unlabeled.size:
-            return prompt_n, prompt_mean, 0
+            return unlabeled, np.zeros(0), np.zeros(0), 0
         assert self.feature_dim is not None
         by_domain = domain_ids[unlabeled].argsort(kind="stable")  # a domain's prompts together, in order
         prompts = unlabeled[by_domain]
@@ -481,9 +484,7 @@ class FairGRPOAdvantage:
         for q in np.nonzero(point < 0)[0].tolist():  # pushed out of the pool within this call: its nearest centre
             first, stop = fits.cluster_start[row_of_block[bisect.bisect_right(cuts, q)] + np.arange(2)]
             clusters[q] = first + int(((features[q] - fits.centres[first:stop]) ** 2).sum(-1).argmin())
-        prompt_n[prompts] = cluster_n[clusters]
-        prompt_mean[prompts] = cluster_mean[clusters]
-        return prompt_n, prompt_mean, n_clusters
+        return prompts, cluster_n[clusters], cluster_mean[clusters], n_clusters
 
     def _rng_seeds(self, domains: list[int]) -> list[list[int] | Drawn]:
         """Each domain's k-means++ seed for this step, with its draws where they can be drawn ahead."""
@@ -524,7 +525,7 @@ class FairGRPOAdvantage:
         name_ids: np.ndarray,
         divisors: np.ndarray,
         batch_std: float,
-        scored: np.ndarray,
+        scored: np.ndarray | slice,
         signal: np.ndarray,
         n_clusters: int,
     ) -> None:
