@@ -46,13 +46,7 @@ def per_prompt(values: Sequence[Any], num_generations: int, num_prompts: int, na
         )
     first = values[::num_generations]
     per_prompt = list(first)
-    # Compared against the layout TRL builds (each value G times in a row): list equality checks
-    # identity before value, and filling the copy touches only the P distinct objects, where strided
-    # slices of the original would touch (and count a reference to) every one of its P * G entries.
-    expected = [None] * len(values)
-    for j in range(num_generations):
-        expected[j::num_generations] = per_prompt
-    if values == expected or list(values) == expected:
+    if all(values[j::num_generations] == first for j in range(1, num_generations)):
         return per_prompt
     for q, value in enumerate(per_prompt):
         block = values[q * num_generations : (q + 1) * num_generations]
