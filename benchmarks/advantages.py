@@ -6,7 +6,7 @@ estimator call is timed (wall clock, ``time.perf_counter``; CPU time alongside, 
 shared machine inflate less). Prints, against the targets:
 
 * 512 x 10 for 10,000 steps: the median ms per step over steps 1-10 and over steps 9,991-10,000, both
-  at most 1 ms, so the cost is flat as the run goes on (and the median over every step);
+  at most 2 ms, so the cost is flat as the run goes on (and the median over every step);
 * 4096 x 16 for 300 steps: the median ms per step over the run, at most 10 ms;
 * the estimator's state size (JSON) along the way.
 
@@ -38,7 +38,7 @@ DOMAINS = {  # share of prompts, roughly the paper's training mixture
 }
 GROUPS = [f"sex={s}|age=a{a}" for s in "FM" for a in range(1, 5)]
 GROUP_SHARE = np.array([0.04, 0.18, 0.22, 0.06, 0.04, 0.18, 0.22, 0.06])
-TARGET_MS = 1.0  # 512 x 10, at the start and after 10,000 steps
+TARGET_MS = 2.0  # 512 x 10, at the start and after 10,000 steps
 LARGE_TARGET_MS = 10.0  # 4096 x 16
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from trl import GRPOConfig
 
@@ -52,6 +54,10 @@ class FairGRPOConfig(GRPOConfig):
             Elbow rule: add a cluster while it removes at least this fraction of the last drop.
         cluster_pool_size (`int`, defaults to `1024`):
             Most recent unlabeled prompts per domain that clustering sees (bounds state).
+        fair_reward_min (`float`, defaults to `0.0`):
+            Lowest reward the reward functions can give (0 for the paper's rewards in [0, 1]): temperatures T =
+            sqrt(N) * (rbar - fair_reward_min) measure the mean reward from it, so T is never negative. A reward
+            below it is refused.
 
         > FairGRPO variants (off by default, which is the paper's method)
 
@@ -86,6 +92,25 @@ class FairGRPOConfig(GRPOConfig):
         solution_column (`str`, defaults to `"solution"`):
             Dataset column with the reference label(s) for the fairness metrics.
     """
+
+    # The fields each estimator reads, said once, here (its registry entry and the model card read it), and
+    # those of them that switch on a documented departure from the paper. Not field metadata: TRL's parser
+    # hands every metadata key to argparse. A config subclass adds its own estimator's fields.
+    estimator_fields: ClassVar[dict[str, tuple[str, ...]]] = {
+        name: (
+            "fair_epsilon",
+            "fair_norm_epsilon",
+            "cluster_max_k",
+            "cluster_elbow_threshold",
+            "cluster_pool_size",
+            "fair_reward_min",
+            "fair_reward_floor",
+            "fair_max_weight_ratio",
+            "fair_stats_window",
+        )
+        for name in ("fair_grpo", "fair_grpo_nd")
+    } | {"group_dro": ("dro_step_size",)}
+    variant_fields: ClassVar[tuple[str, ...]] = ("fair_reward_floor", "fair_max_weight_ratio", "fair_stats_window")
 
     # Parameters that choose the method
     advantage_estimator: str = field(
@@ -141,6 +166,15 @@ class FairGRPOConfig(GRPOConfig):
     cluster_pool_size: int = field(
         default=1024,
         metadata={"help": "Most recent unlabeled prompts per domain that clustering sees (bounds state)."},
+    )
+
+    fair_reward_min: float = field(
+        default=0.0,
+        metadata={
+            "help": "Lowest reward the reward functions can give (0 for the paper's rewards in [0, 1]): temperatures "
+            "T = sqrt(N) * (rbar - fair_reward_min) measure the mean reward from it, so T is never negative. A reward "
+            "below it is refused.",
+        },
     )
 
     # FairGRPO variants
@@ -204,6 +238,8 @@ class FairGRPOConfig(GRPOConfig):
         self.demographic_columns = list(self.demographic_columns)
         if not self.dro_step_size >= 0:
             raise ValueError(f"dro_step_size must be >= 0, got {self.dro_step_size}")
+        if not math.isfinite(self.fair_reward_min):
+            raise ValueError(f"fair_reward_min must be a finite number, got {self.fair_reward_min}")
         if not 0 <= self.fair_reward_floor <= 1:
             raise ValueError(f"fair_reward_floor must be in [0, 1], got {self.fair_reward_floor}")
         if self.fair_max_weight_ratio is not None and not self.fair_max_weight_ratio >= 1:

@@ -367,7 +367,7 @@ def card_hyperparameters(args: Any) -> dict[str, Any]:
     """
     spec = REGISTRY.get(getattr(args, "advantage_estimator", "grpo"))
     out: dict[str, Any] = {}
-    for name in (*CARD_FIELDS, *(spec.config_fields if spec else ())):
+    for name in (*CARD_FIELDS, *(spec.config_fields(args) if spec else ())):
         if not hasattr(args, name):
             continue
         if name == "max_steps" and args.max_steps <= 0:

@@ -23,7 +23,7 @@ METHOD_YAMLS = sorted((RECIPES / "methods").glob("*.yaml"))
 # The keys a method file may change relative to recipes/fairmedgemma.yaml: the method, its sampler, its
 # estimator's own config fields (its registry entry) and the run's names.
 METHOD_KEYS = {"advantage_estimator", "balanced_sampling", "output_dir", "run_name"}.union(
-    *(spec.config_fields for spec in REGISTRY.values())
+    *(spec.config_fields(FairGRPOConfig) for spec in REGISTRY.values())
 )
 EXPECTED_METHODS = {
     "grpo": {"advantage_estimator": "grpo"},

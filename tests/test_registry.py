@@ -28,6 +28,14 @@ class SignAdvantage:
         return (self.scale * torch.sign(rows - rows.mean(dim=1, keepdim=True))).reshape(-1)
 
 
+@dataclasses.dataclass
+class ToyConfig(FairGRPOConfig):
+    """A user's config with a field for their own estimator, declared as that estimator's."""
+
+    estimator_fields = {**FairGRPOConfig.estimator_fields, "toy_sign": ("toy_scale",)}
+    toy_scale: float = dataclasses.field(default=1.0, metadata={"help": "Toy scale."})
+
+
 @pytest.fixture
 def toy():
     spec = register(
@@ -35,8 +43,7 @@ def toy():
             name="toy_sign",
             display_name="Toy sign",
             description="sign of the reward against the prompt's mean",
-            factory=lambda config: SignAdvantage(scale=config.dro_step_size * 100),
-            config_fields=("dro_step_size",),
+            factory=lambda config: SignAdvantage(scale=config.toy_scale),
         )
     )
     yield spec
@@ -51,7 +58,7 @@ def test_every_entry_builds_an_estimator_from_a_default_config(tmp_path):
         assert isinstance(estimator, AdvantageEstimator), name
         assert isinstance(estimator.needs_groups, bool) and estimator.metric_prefix
         own = {f.name for f in dataclasses.fields(FairGRPOConfig)}
-        assert set(spec.config_fields) <= own, (name, set(spec.config_fields) - own)
+        assert set(spec.config_fields(config)) <= own, name
         advantages = estimator(torch.tensor([0.0, 1.0, 1.0, 1.0]), 2, ["d"] * 4, ["g", "g", None, None])
         assert advantages.shape == (4,) and torch.isfinite(advantages).all()
 
@@ -81,13 +88,13 @@ def test_a_name_registers_once_and_an_unknown_name_lists_the_choices(tmp_path, t
         register(toy)
     with pytest.raises(ValueError, match=r"advantage_estimator='ppo' is not one of \[.*'toy_sign'\]"):
         FairGRPOConfig(str(tmp_path), use_cpu=True, advantage_estimator="ppo")
-    with pytest.raises(ValueError, match="variant_fields"):
-        EstimatorSpec("bad", "Bad", "bad", factory=SignAdvantage, variant_fields=("fair_stats_window",))
+    with pytest.raises(ValueError, match="scale_rewards must be among"):
+        EstimatorSpec("bad", "Bad", "bad", factory=SignAdvantage, scale_rewards=("per_token",))
 
 
 def test_a_registered_toy_estimator_trains_names_its_card_and_joins_the_demo(text_model_dir, tmp_path, toy):
     """Adding a method is one registry entry: config validation, the trainer and the card follow from it."""
-    args = FairGRPOConfig(**trainer_config(tmp_path, max_steps=2), advantage_estimator="toy_sign", dro_step_size=0.02)
+    args = ToyConfig(**trainer_config(tmp_path, max_steps=2), advantage_estimator="toy_sign", toy_scale=2.0)
     trainer = RecordingTrainer(
         model=text_model_dir, reward_funcs=length_reward, args=args, train_dataset=text_dataset()
     )
@@ -100,7 +107,8 @@ def test_a_registered_toy_estimator_trains_names_its_card_and_joins_the_demo(tex
         assert torch.equal(trained, expected[: len(trained)])
 
     hyperparameters = card_hyperparameters(trainer.args)
-    assert hyperparameters["dro_step_size"] == 0.02  # the entry's own field, shown for it
+    assert hyperparameters["toy_scale"] == 2.0  # the estimator's own field, shown for it
+    assert "dro_step_size" not in hyperparameters and "cluster_max_k" not in hyperparameters
     record = trainer.model_card_record(dataset_names="synthetic")
     assert record.method == "toy_sign"
     assert "fine-tuned with **Toy sign**" in render_model_card(record)

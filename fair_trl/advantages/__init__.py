@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fair_trl.advantages.base import AdvantageEstimator, EstimatorSpec, Stateful
+from fair_trl.advantages.base import SCALE_REWARDS, AdvantageEstimator, EstimatorSpec, Stateful
 from fair_trl.advantages.baselines import GroupDROAdvantage, ReinforcePPAdvantage, RLOOAdvantage, reinforce_pp, rloo
 from fair_trl.advantages.clustering import kmeans_elbow, rollout_features
 from fair_trl.advantages.fair_grpo import FairGRPOAdvantage, GroupStats, temperature
@@ -77,38 +77,9 @@ def get_spec(name: str) -> EstimatorSpec:
         raise ValueError(f"advantage_estimator={name!r} is not one of {list(REGISTRY)}") from None
 
 
-# The config fields each estimator reads; the variants are off at their defaults (the paper's method).
-FAIR_GRPO_FIELDS = (
-    "fair_epsilon",
-    "fair_norm_epsilon",
-    "cluster_max_k",
-    "cluster_elbow_threshold",
-    "cluster_pool_size",
-    "fair_reward_floor",
-    "fair_max_weight_ratio",
-    "fair_stats_window",
-)
-FAIR_GRPO_VARIANTS = ("fair_reward_floor", "fair_max_weight_ratio", "fair_stats_window")
-
-
-# TRL's `scale_rewards` values.
-SCALE_REWARDS = ("group", "batch", "none")
-
-# The `scale_rewards` each built-in estimator implements, its own definition first (what it does when
-# the field is left unset). FairGRPO normalises within each prompt by definition (eq. (i)); RLOO has no
-# std scaling and REINFORCE++ scales by the batch std, so any other value would be silently ignored.
-# An estimator registered elsewhere is given every value and reads `config.scale_rewards` itself.
-_SCALE_REWARDS_OF = {
-    "fair_grpo": ("group",),
-    "fair_grpo_nd": ("group",),
-    "rloo": ("none",),
-    "reinforce_pp": ("batch",),
-}
-
-
 def scale_rewards_choices(name: str) -> tuple[str, ...]:
     """The `scale_rewards` values estimator `name` implements; the first is its own definition."""
-    return _SCALE_REWARDS_OF.get(name, SCALE_REWARDS)
+    return get_spec(name).scale_rewards
 
 
 def stats_window_batches(config: Any) -> int | None:
@@ -135,6 +106,7 @@ def _fair_grpo(config: Any, use_demographics: bool) -> FairGRPOAdvantage:
         elbow_threshold=config.cluster_elbow_threshold,
         cluster_pool_size=config.cluster_pool_size,
         seed=config.seed,
+        reward_min=config.fair_reward_min,
         reward_floor=config.fair_reward_floor,
         max_weight_ratio=config.fair_max_weight_ratio,
         stats_window=stats_window_batches(config),
@@ -158,8 +130,7 @@ register(
         "domain and demographic group (sqrt(count) x mean reward), so under-represented and harder groups weigh "
         "more; prompts without demographics get latent groups by clustering",
         factory=lambda config: _fair_grpo(config, use_demographics=True),
-        config_fields=FAIR_GRPO_FIELDS,
-        variant_fields=FAIR_GRPO_VARIANTS,
+        scale_rewards=("group",),  # eq. (i) normalises within each prompt by definition
     )
 )
 register(
@@ -169,8 +140,7 @@ register(
         description="FairGRPO without demographics: every prompt's group is discovered by k-means on its rollout "
         "rewards",
         factory=lambda config: _fair_grpo(config, use_demographics=False),
-        config_fields=FAIR_GRPO_FIELDS,
-        variant_fields=FAIR_GRPO_VARIANTS,
+        scale_rewards=("group",),  # eq. (i) normalises within each prompt by definition
     )
 )
 register(
@@ -179,6 +149,7 @@ register(
         display_name="RLOO",
         description="REINFORCE leave-one-out: each rollout's baseline is the mean reward of the prompt's others",
         factory=lambda config: RLOOAdvantage(),
+        scale_rewards=("none",),  # RLOO has no std scaling
     )
 )
 register(
@@ -187,6 +158,7 @@ register(
         display_name="REINFORCE++",
         description="REINFORCE with advantages normalised over the whole batch",
         factory=lambda config: ReinforcePPAdvantage(),
+        scale_rewards=("batch",),  # REINFORCE++ scales by the batch std
     )
 )
 register(
@@ -195,6 +167,5 @@ register(
         display_name="GRPO + Group DRO",
         description="GRPO with online Group DRO weights that up-weight the demographic groups with the lowest reward",
         factory=lambda config: GroupDROAdvantage(step_size=config.dro_step_size, scale_rewards=config.scale_rewards),
-        config_fields=("dro_step_size",),
     )
 )

@@ -9,7 +9,10 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import torch
 
-__all__ = ["AdvantageEstimator", "EstimatorSpec", "Stateful"]
+__all__ = ["SCALE_REWARDS", "AdvantageEstimator", "EstimatorSpec", "Stateful"]
+
+# TRL's `scale_rewards` values.
+SCALE_REWARDS = ("group", "batch", "none")
 
 
 @runtime_checkable
@@ -48,31 +51,39 @@ class Stateful(Protocol):
 class EstimatorSpec:
     """One registry entry: everything the config, the trainer, the model card and the demo need to know.
 
-    `factory` builds the estimator from a `FairGRPOConfig`; `config_fields` are the config fields that
-    only this estimator reads (the model card shows them for it alone), and `variant_fields` those of them
-    that switch on a documented departure from the paper (their defaults are the paper's method).
+    `factory` builds the estimator from a `FairGRPOConfig`. `scale_rewards`: the values of TRL's
+    `scale_rewards` it implements, its own definition first (what it does when the field is unset); any
+    other value would be silently ignored, so config validation refuses it.
     `keeps_trl_advantages`: the estimator reproduces TRL's own advantages, so the trainer may leave
     TRL's output alone (it then works with any ``multi_objective_aggregation``).
+
+    The config fields an estimator reads are declared once, by the config class: its
+    ``estimator_fields`` ({estimator name: field names}) and ``variant_fields`` (those that switch on a
+    documented departure from the paper's method; the model card names them).
     """
 
     name: str
     display_name: str
     description: str
     factory: Callable[[Any], AdvantageEstimator]
-    config_fields: tuple[str, ...] = ()
-    variant_fields: tuple[str, ...] = ()
+    scale_rewards: tuple[str, ...] = SCALE_REWARDS
     keeps_trl_advantages: bool = False
 
     def __post_init__(self) -> None:
-        unknown = sorted(set(self.variant_fields) - set(self.config_fields))
-        if unknown:
-            raise ValueError(f"estimator {self.name!r}: variant_fields {unknown} are not among its config_fields")
+        unknown = sorted(set(self.scale_rewards) - set(SCALE_REWARDS))
+        if not self.scale_rewards or unknown:
+            raise ValueError(f"estimator {self.name!r}: scale_rewards must be among {list(SCALE_REWARDS)}")
+
+    def config_fields(self, config: Any) -> tuple[str, ...]:
+        """The fields of `config` (a config class or instance) that this estimator reads."""
+        return tuple(getattr(config, "estimator_fields", {}).get(self.name, ()))
 
     def active_variants(self, config: Any) -> dict[str, Any]:
         """The variant fields `config` sets away from their defaults (the paper's method)."""
         defaults = {f.name: f.default for f in dataclasses.fields(config)}
+        variants = getattr(config, "variant_fields", ())
         return {
             name: getattr(config, name)
-            for name in self.variant_fields
-            if getattr(config, name, defaults.get(name)) != defaults.get(name)
+            for name in self.config_fields(config)
+            if name in variants and getattr(config, name) != defaults[name]
         }
