@@ -17,6 +17,7 @@ vectors is clustered once per call as a multiset: its distinct vectors weighted 
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import Sequence
 
@@ -102,14 +103,19 @@ def exact_binary_kmeans(ones_counts: np.ndarray, dim: int, max_k: int) -> list[t
 
     fits = []
     for k in range(1, min(max_k, m) + 1):
-        splits = list(itertools.combinations(range(1, m), k - 1))
-        cuts = np.array(splits, dtype=np.intp).reshape(len(splits), k - 1)
-        bounds = np.hstack([np.zeros((len(cuts), 1), np.intp), cuts, np.full((len(cuts), 1), m)])
-        inertia = cost[bounds[:, :-1], bounds[:, 1:]].sum(axis=1)  # one per split, cuts in lexicographic order
-        best = int(np.flatnonzero(np.isclose(inertia, inertia.min(), rtol=1e-12, atol=1e-12))[0])
+        bounds = _splits(m, k)
+        inertia = cost[bounds[:, :-1], bounds[:, 1:]].sum(axis=1)  # one per split
+        best = int(np.argmax(inertia <= inertia.min() * (1 + 1e-12) + 1e-12))  # the first within rounding
         starts, stops = bounds[best, :-1], bounds[best, 1:]
         fits.append(((S[stops] - S[starts]) / (W[stops] - W[starts])[:, None], float(inertia[best])))
     return fits
+
+
+@functools.cache
+def _splits(m: int, k: int) -> np.ndarray:
+    """Every split of points 0..m-1 into k contiguous runs: bounds [0, cut, ..., m], cuts in lexicographic order."""
+    cuts = list(itertools.combinations(range(1, m), k - 1))
+    return np.array([(0, *c, m) for c in cuts], dtype=np.intp).reshape(len(cuts), k + 1)
 
 
 def weighted_kmeans(points: np.ndarray, weights: np.ndarray, max_k: int, seed: int) -> list[tuple[np.ndarray, float]]:
@@ -135,9 +141,9 @@ def fit_latent_groups(pool: np.ndarray, max_k: int, threshold: float, seed: int)
     exact optimum, others scikit-learn's (see the module docstring).
     """
     dim = pool.shape[1]
-    if np.isin(pool, (0.0, 1.0)).all() and (np.diff(pool, axis=1) >= 0).all():  # every vector sorted 0/1
+    if ((pool == 0) | (pool == 1)).all() and (pool[:, 1:] >= pool[:, :-1]).all():  # every vector sorted 0/1
         points = sorted_binary_points(dim)
-        counts = np.bincount(pool.sum(axis=1).astype(np.intp), minlength=dim + 1)
+        counts = np.bincount((pool @ np.ones(dim)).astype(np.intp), minlength=dim + 1)  # vectors per number of ones
         fits = exact_binary_kmeans(counts, dim, max_k)
     else:
         points, counts = np.unique(pool, axis=0, return_counts=True)
