@@ -337,8 +337,8 @@ def test_overwrite_with_a_mistyped_model_deletes_nothing(vlm_dir, tmp_path, caps
     before = snapshot(out)
     assert {PREDICTIONS_FILE, REPORT_FILE, MANIFEST_FILE} <= before.keys()
     assert main(audit_args(tmp_path / "no-such-model", out, "--limit", "4", "--overwrite")) == 2
-    assert "no such folder" in capsys.readouterr().err
     assert snapshot(out) == before  # answers, report and manifest untouched
+    assert "no such folder" in capsys.readouterr().err  # not a Hub repository-id message
     # A dataset that fails to load is a failed check too.
     assert main(audit_args(vlm_dir, out, "--limit", "4", "--overwrite", "-O", "badkey=1")) == 2
     err = capsys.readouterr().err
