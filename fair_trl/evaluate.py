@@ -111,6 +111,8 @@ def read_predictions(path: str | Path, skip_invalid: bool = False) -> Prediction
         for number, data in enumerate(f, start=1):
             try:
                 raw = _decode(data)
+                if number == 1:
+                    raw = raw.removeprefix("\ufeff")  # the byte-order mark some editors start a UTF-8 file with
                 if not raw.strip():
                     continue
                 row = _check_line(raw)
