@@ -184,7 +184,9 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     age_bins = DEFAULT_AGE_BINS if args.age_bins is None else args.age_bins
     max_age = DEFAULT_MAX_AGE if args.max_age is None else args.max_age
+    outputs = {"--json": args.json_out, "--markdown": args.markdown_out}
     try:
+        check_outputs(outputs, {"the predictions file": args.predictions})
         report = evaluate_file(
             args.predictions, args.attributes, args.skip_invalid, args.bootstrap, args.seed, age_bins, max_age
         )
@@ -192,11 +194,36 @@ def _evaluate(args: argparse.Namespace) -> int:
         print(f"fair-trl evaluate: {err}", file=sys.stderr)
         return 2
     print(text_report(report), end="")
-    if args.json_out:
-        Path(args.json_out).write_text(to_json(report))
-    if args.markdown_out:
-        Path(args.markdown_out).write_text(markdown_report(report))
+    try:
+        for path, text in ((args.json_out, to_json), (args.markdown_out, markdown_report)):
+            if path:
+                write_text(Path(path), text(report))
+    except OSError as err:
+        print(f"fair-trl evaluate: {err}", file=sys.stderr)
+        return 2
     return 0
+
+
+def check_outputs(outputs: dict[str, str | None], inputs: dict[str, str]) -> None:
+    """Refuse an output path that is an input, or that two outputs share (`outputs`: option -> path or None)."""
+    from pathlib import Path
+
+    seen: dict[Path, str] = {Path(p).resolve(): name for name, p in inputs.items()}
+    for option, path in outputs.items():
+        if not path:
+            continue
+        resolved = Path(path).resolve()
+        if resolved in seen:
+            raise ValueError(f"{option} {path} is also {seen[resolved]}: it would be overwritten; choose another path")
+        seen[resolved] = option
+
+
+def write_text(path: Any, text: str) -> None:
+    """Write whole or not at all, creating the missing folders on the way."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
 
 
 def _add_grouping_options(command: argparse.ArgumentParser) -> None:
@@ -250,6 +277,7 @@ def _add_audit_parsers(commands: Any) -> None:
     compare.add_argument("a", help="predictions.jsonl of model A (the reference)")
     compare.add_argument("b", help="predictions.jsonl of model B (compared against A)")
     compare.add_argument("-o", "--output-dir", required=True, help="where compare.md, compare.json and the plot go")
+    compare.add_argument("--overwrite", action="store_true", help="replace another comparison's report in OUT")
     _add_grouping_options(compare)
 
 
@@ -316,7 +344,7 @@ def _compare(args: argparse.Namespace) -> int:
             args.a, args.b, args.attributes, n_bootstrap=args.bootstrap, seed=args.seed,
             age_bins=args.age_bins, max_age=args.max_age,
         )  # fmt: skip
-        written = write_comparison(args.output_dir, comparison, plots=not args.no_plots)
+        written = write_comparison(args.output_dir, comparison, plots=not args.no_plots, overwrite=args.overwrite)
     except (OSError, ValueError) as err:
         print(f"fair-trl compare: {err}", file=sys.stderr)
         return 2

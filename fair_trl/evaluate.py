@@ -32,6 +32,8 @@ __all__ = [
 ]
 
 REQUIRED_FIELDS = ("prediction", "reference", "dataset")
+# The one group the tables score every sample in when no attribute has a valid value on any line.
+ALL_SAMPLES = "all samples"
 SUMMARY_COLUMNS = (
     ("PP", "PP"),
     ("EOD", "EOD"),
@@ -80,6 +82,12 @@ def _check_line(raw: str) -> dict[str, Any]:
         value = row[name]
         if value is not None and not isinstance(value, str | list):
             raise ValueError(f"{name!r} must be a string or a list of labels, got {type(value).__name__}")
+        if isinstance(value, list):
+            bad = next((v for v in value if not isinstance(v, str)), None)
+            if bad is not None or None in value:
+                raise ValueError(
+                    f"{name!r} must list labels as strings, got {bad!r} ({type(bad).__name__}) in {value!r}"
+                )
     if not isinstance(row["dataset"], str) or not row["dataset"].strip():
         raise ValueError(f"'dataset' must be a non-empty string, got {row['dataset']!r}")
     if not to_label_set(row["reference"]):
@@ -87,14 +95,26 @@ def _check_line(raw: str) -> dict[str, Any]:
     return row
 
 
+def _decode(data: bytes) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(
+            f"not UTF-8 text (byte {data[err.start]:#04x} at position {err.start}); save the file as UTF-8"
+        ) from None
+
+
 def read_predictions(path: str | Path, skip_invalid: bool = False) -> Predictions:
     """Parse a predictions jsonl; a malformed line raises with its line number unless `skip_invalid`."""
     out = Predictions()
-    with open(path, encoding="utf-8") as f:
-        for number, raw in enumerate(f, start=1):
-            if not raw.strip():
-                continue
+    with open(path, "rb") as f:
+        for number, data in enumerate(f, start=1):
             try:
+                raw = _decode(data)
+                if number == 1:
+                    raw = raw.removeprefix("\ufeff")  # the byte-order mark some editors start a UTF-8 file with
+                if not raw.strip():
+                    continue
                 row = _check_line(raw)
             except ValueError as err:  # json.JSONDecodeError is a ValueError
                 if not skip_invalid:
@@ -164,29 +184,36 @@ def evaluate_file(
     age_bins: Sequence[float] = DEFAULT_AGE_BINS,
     max_age: float = DEFAULT_MAX_AGE,
 ) -> dict[str, Any]:
-    """{"attributes": {attribute: compute_fairness(...)}, "samples": n, "skipped_lines": [...]}.
+    """{"attributes": {attribute: compute_fairness(...)}, "samples": n, "skipped_lines": [...], ...}.
+
+    An attribute with no valid value on any line is listed in "absent_attributes", not scored; when that
+    leaves none, "attributes" holds `ALL_SAMPLES`: every sample scored as one group.
 
     `age_bins` and `max_age` group ages as training did (`FairGRPOConfig.age_bins`, `max_age`).
     """
     data = read_predictions(path, skip_invalid)
     scored = score_predictions(data, path, attributes, age_bins, max_age)
+    # An attribute no line has a valid value of would table 0.000 for every score: name it instead.
+    present = [a for a in attributes if any(g is not None for g in scored.groups[a])]
+    groups = {a: scored.groups[a] for a in present} or {ALL_SAMPLES: [ALL_SAMPLES] * len(data.rows)}
     results = {
         attribute: compute_fairness(
             scored.predictions,
             scored.references,
             scored.datasets,
-            scored.groups[attribute],
+            values,
             scored.classes,
             n_bootstrap=n_bootstrap,
             seed=seed,
         )
-        for attribute in attributes
+        for attribute, values in groups.items()
     }
     return {
         "samples": len(data.rows),
         "skipped_lines": [{"line": n, "error": e} for n, e in data.skipped],
         "no_valid_label": sum(not p for p in scored.predictions),
         "demographics": scored.keyer.summary(),
+        "absent_attributes": [a for a in attributes if a not in present],
         "attributes": results,
     }
 
@@ -220,6 +247,14 @@ def _footer(report: dict[str, Any]) -> list[str]:
     lines = [f"{report['samples']} samples; {report['no_valid_label']} predictions name no valid label."]
     if report["skipped_lines"]:
         lines.append(f"{len(report['skipped_lines'])} malformed line(s) skipped.")
+    absent = report.get("absent_attributes") or []
+    if absent:
+        lines.append(
+            f"{', '.join(absent)}: no line has a valid value (field absent or invalid), so no groups for "
+            f"{'it' if len(absent) == 1 else 'them'}."
+        )
+    if ALL_SAMPLES in report["attributes"]:
+        lines.append("No attribute to group by: the tables score all samples as one group.")
     for attribute, result in report["attributes"].items():
         if result["n_unknown_group"]:
             lines.append(

@@ -13,6 +13,7 @@ the run it continues. TRL's `RepeatSampler` draws from a generator that only a w
 
 from __future__ import annotations
 
+import numbers
 from collections import Counter
 from collections.abc import Sequence
 
@@ -39,7 +40,13 @@ def column_weights(dataset, column: str) -> np.ndarray:
     """Sampling probabilities proportional to a dataset column of non-negative finite weights."""
     if column not in dataset.column_names:
         raise ValueError(f"sampling_weight_column {column!r} is not a dataset column; columns: {dataset.column_names}")
-    weights = np.asarray(dataset[column], dtype=np.float64)
+    values = dataset[column]
+    for row, value in enumerate(values):
+        if value is not None and not isinstance(value, numbers.Real):
+            raise ValueError(
+                f"sampling_weight_column {column!r} must hold numbers; row {row} has {value!r} ({type(value).__name__})"
+            )
+    weights = np.asarray([np.nan if v is None else v for v in values], dtype=np.float64)
     bad = np.flatnonzero(~np.isfinite(weights) | (weights < 0))
     if bad.size:
         raise ValueError(

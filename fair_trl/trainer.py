@@ -11,7 +11,6 @@ All advantage math lives in `fair_trl.advantages`.
 from __future__ import annotations
 
 import inspect
-import json
 import logging
 import os
 from collections import Counter
@@ -21,10 +20,12 @@ from typing import Any
 import torch
 from accelerate.utils import DistributedType, broadcast_object_list, gather_object
 from datasets import IterableDataset as StreamingDataset
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+from transformers.trainer import TRAINER_STATE_NAME
+from transformers.trainer_utils import rotate_checkpoints
 from trl import GRPOTrainer
 
 from fair_trl.advantages import FairGRPOAdvantage, Stateful, get_spec, nanstd, zero_signal
+from fair_trl.checkpoint_io import ESTIMATOR_STATE_FILE, GROUP_KEYER_STATE_FILE, CheckpointFiles, group_settings
 from fair_trl.checkpoints import load_converted_weights
 from fair_trl.config import FairGRPOConfig
 from fair_trl.groups import GroupKeyer, domain_key
@@ -38,12 +39,10 @@ from fair_trl.model_card import (
 from fair_trl.rewards import completion_text, extract_answer
 from fair_trl.rollout_fairness import Rollout, fairness_results, flatten_results
 from fair_trl.sampling import BalancedRepeatSampler, EpochRepeatSampler, balanced_weights, column_weights
+from fair_trl.train_data_size import check_train_size
 from fair_trl.vllm_compat import adapt_vllm_generation, to_vllm_checkpoint
 
 logger = logging.getLogger(__name__)
-
-ESTIMATOR_STATE_FILE = "fair_grpo_state.json"
-GROUP_KEYER_STATE_FILE = "group_keyer_state.json"
 
 
 class FairGRPOTrainer(GRPOTrainer):
@@ -72,10 +71,12 @@ class FairGRPOTrainer(GRPOTrainer):
 
         super().__init__(*bound.args[1:], **bound.kwargs)
         _check_launch(self.accelerator)
+        check_train_size(self.train_dataset, self.args, self.num_generations, self.accelerator.num_processes)
         if getattr(self, "vllm_generation", None) is not None:
             adapt_vllm_generation(self.vllm_generation, self._model_type())
 
         self.group_keyer = GroupKeyer.from_config(config)
+        self.checkpoint_files = CheckpointFiles(group_settings(config, self.estimator_spec.config_fields))
         # Whether the batch being scored started in training or evaluation (see _generate_and_score_completions).
         self._scoring_mode = "train"
         # The checkpointed states as they were when the current generation batch began, kept only when a
@@ -457,27 +458,44 @@ class FairGRPOTrainer(GRPOTrainer):
             states[ESTIMATOR_STATE_FILE] = self.estimator.state_dict()
         return states
 
+    def _get_output_dir(self, trial):
+        # While a checkpoint is written, transformers' run folder is its staging folder (fair_trl.checkpoint_io).
+        return self._checkpoint_staging or super()._get_output_dir(trial)
+
+    _checkpoint_staging: str | None = None
+
     def _save_checkpoint(self, model, trial):
-        # Written before transformers writes trainer_state.json and rotates old checkpoints: a checkpoint
-        # that looks complete to `get_last_checkpoint` then always holds the estimator's state too.
+        run_dir, step = self._get_output_dir(trial=trial), self.state.global_step
+        staging = self.checkpoint_files.staging_dir(run_dir, step)
         if self.args.should_save:
-            folder = os.path.join(
-                self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
-            )
-            os.makedirs(folder, exist_ok=True)
+            folder = self.checkpoint_files.begin(run_dir, step)
             states = self._checkpointed_states()
             inside_generation_batch = self._step % (self.args.steps_per_generation * self.num_iterations) != 0
             if inside_generation_batch and self._generation_start is not None:
                 # TRL checkpoints no generation buffer, so a resume from here generates this batch again and
                 # the estimator sees it a second time: the checkpoint holds the states from before it.
                 states = self._generation_start
-            for name, state in states.items():
-                _write_json_atomically(os.path.join(folder, name), state)
-        self._saving_checkpoint = True
+            self.checkpoint_files.write_states(folder, states)
+        self.accelerator.wait_for_everyone()  # the staging folder exists before any process writes into it
+        self._checkpoint_staging, self._saving_checkpoint = staging, True
         try:
             super()._save_checkpoint(model, trial)
         finally:
-            self._saving_checkpoint = False
+            self._checkpoint_staging, self._saving_checkpoint = None, False
+        best = self.state.best_model_checkpoint
+        if best and os.path.dirname(best) == staging:  # transformers saw the best checkpoint's staged path
+            self.state.best_model_checkpoint = os.path.join(run_dir, os.path.basename(best))
+            if self.args.should_save:
+                self.state.save_to_json(os.path.join(staging, os.path.basename(best), TRAINER_STATE_NAME))
+        self.accelerator.wait_for_everyone()  # every process's part (RNG states, shards) is written
+        if self.args.should_save:
+            self.checkpoint_files.publish(run_dir, step)
+            rotate_checkpoints(run_dir, self.args.save_total_limit, self.state.best_model_checkpoint, use_mtime=True)
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, trial: Any = None, **kwargs: Any) -> Any:
+        # True resumes from the newest complete checkpoint (transformers' pick may be one a kill cut short).
+        checkpoint = self.checkpoint_files.resolve(resume_from_checkpoint, self.args.output_dir)
+        return super().train(resume_from_checkpoint=checkpoint, trial=trial, **kwargs)
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
         super()._load_from_checkpoint(resume_from_checkpoint, model)
@@ -490,7 +508,7 @@ class FairGRPOTrainer(GRPOTrainer):
         super()._load_optimizer_and_scheduler(checkpoint)
         if checkpoint is None:
             return
-        states = [_read_json(os.path.join(checkpoint, name)) for name in (GROUP_KEYER_STATE_FILE, ESTIMATOR_STATE_FILE)]
+        states = self.checkpoint_files.read_states(checkpoint, (GROUP_KEYER_STATE_FILE, ESTIMATOR_STATE_FILE))
         if self.accelerator.num_processes > 1:
             # Only the saving process wrote these (one per node with save_on_each_node). Without a filesystem
             # shared by all nodes the others would find none and resume from fresh statistics, computing other
@@ -509,19 +527,6 @@ class FairGRPOTrainer(GRPOTrainer):
             )
             return
         self.estimator.load_state_dict(estimator_state)
-
-
-def _write_json_atomically(path: str, value: Any) -> None:
-    with open(path + ".tmp", "w") as f:
-        json.dump(value, f)
-    os.replace(path + ".tmp", path)
-
-
-def _read_json(path: str) -> Any:
-    if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        return json.load(f)
 
 
 def _sampler_length(dataloader: Any) -> int | None:

@@ -162,3 +162,10 @@ def test_weighted_sampler_draws_in_proportion_to_the_column():
     counts = np.bincount(draws, minlength=4)
     assert counts[0] == counts[3] == 0
     assert math.isclose(counts[2] / counts[1], 3.0, rel_tol=0.15)
+
+
+def test_a_string_weight_column_is_refused_naming_the_column_and_row():
+    from datasets import Dataset
+
+    with pytest.raises(ValueError, match=r"sampling_weight_column 'w' must hold numbers; row 0 has '2' \(str\)"):
+        column_weights(Dataset.from_dict({"w": ["2", "heavy"]}), "w")

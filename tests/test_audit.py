@@ -322,3 +322,80 @@ def test_without_matplotlib_the_report_is_written_with_its_tables_only(tmp_path,
     assert set(written) == {"fairness", "report"}
     assert "matplotlib is not installed" in written["report"].read_text()
     assert not list((tmp_path / "out").glob("*.png"))
+
+
+# -- nothing lost, nothing mixed (issue 26) ------------------------------------------------------------------
+
+
+def snapshot(folder):
+    return {p.name: p.read_bytes() for p in Path(folder).iterdir() if p.is_file()}
+
+
+def test_overwrite_with_a_mistyped_model_deletes_nothing(vlm_dir, tmp_path, capsys):
+    out = tmp_path / "audit"
+    assert main(audit_args(vlm_dir, out, "--limit", "4", "--no-plots")) == 0
+    before = snapshot(out)
+    assert {PREDICTIONS_FILE, REPORT_FILE, MANIFEST_FILE} <= before.keys()
+    assert main(audit_args(tmp_path / "no-such-model", out, "--limit", "4", "--overwrite")) == 2
+    assert snapshot(out) == before  # answers, report and manifest untouched
+    assert "no such folder" in capsys.readouterr().err  # not a Hub repository-id message
+    # A dataset that fails to load is a failed check too.
+    assert main(audit_args(vlm_dir, out, "--limit", "4", "--overwrite", "-O", "badkey=1")) == 2
+    err = capsys.readouterr().err
+    assert "badkey" in err and "num_rows" in err and "Traceback" not in err
+    assert snapshot(out) == before
+
+
+def test_overwrite_clears_the_earlier_report_too(vlm_dir, tmp_path):
+    out = tmp_path / "audit"
+    assert main(audit_args(vlm_dir, out, "--limit", "4", "--no-plots")) == 0
+    (out / PLOT_FILES["heatmap"]).write_text("an earlier run's plot")
+    assert main(audit_args(vlm_dir, out, "--limit", "2", "--no-plots", "--overwrite")) == 0
+    assert not (out / PLOT_FILES["heatmap"]).exists()
+    assert len(read_lines(out / PREDICTIONS_FILE)) == 2
+
+
+def test_an_output_folder_that_is_an_input_is_refused(vlm_dir, tmp_path, capsys):
+    before = snapshot(vlm_dir)
+    assert main(audit_args(vlm_dir, vlm_dir, "--limit", "2", "--overwrite")) == 2
+    assert "is also --model" in capsys.readouterr().err
+    assert snapshot(vlm_dir) == before
+
+
+def test_a_folder_holding_another_runs_report_is_not_written_without_overwrite(vlm_dir, tmp_path, capsys):
+    out = tmp_path / "audit"
+    out.mkdir()
+    (out / REPORT_FILE).write_text("someone else's report")
+    assert main(audit_args(vlm_dir, out, "--limit", "2")) == 2
+    assert f"{REPORT_FILE} exists without {MANIFEST_FILE}" in capsys.readouterr().err
+    assert (out / REPORT_FILE).read_text() == "someone else's report"
+
+
+def test_resume_after_the_data_was_rebuilt_is_refused_naming_it(vlm_dir, tmp_path, capsys):
+    built = tmp_path / "built"
+    build_dataset("synthetic", None, num_rows=ROWS, seed=0).save_to_disk(str(built))
+    args = ["audit", "--model", vlm_dir, "--dataset", str(built), "-o", str(tmp_path / "out"), "--limit", "4",
+            "--max-new-tokens", "4", "--bootstrap", "20", "--no-progress", "--no-plots"]  # fmt: skip
+    assert main(args) == 0
+    assert main(args) == 0  # the same data: resumes
+    import shutil
+
+    shutil.rmtree(built)
+    build_dataset("synthetic", None, num_rows=ROWS, seed=1).save_to_disk(str(built))
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "fingerprint.data:" in err and "then," in err
+
+
+def test_resume_with_replaced_weights_or_another_dtype_is_refused_naming_it(vlm_dir, tmp_path, capsys):
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(vlm_dir, model)
+    assert main(audit_args(model, tmp_path / "out", "--limit", "2")) == 0
+    assert main(audit_args(model, tmp_path / "out", "--limit", "2", "--dtype", "float32")) == 2
+    assert "dtype: 'auto' then, 'float32' now" in capsys.readouterr().err
+    save_tiny_model(tmp_path / "other", kind="vlm", seed=1)
+    shutil.copy(tmp_path / "other" / "model.safetensors", model / "model.safetensors")
+    assert main(audit_args(model, tmp_path / "out", "--limit", "2")) == 2
+    assert "fingerprint.model.files.model.safetensors:" in capsys.readouterr().err

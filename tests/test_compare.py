@@ -135,3 +135,19 @@ def test_rows_in_another_order_are_matched_by_id(test_rows, tmp_path):
     ordered = compare_files(a, b, ["age"], n_bootstrap=30)
     reordered = compare_files(a, shuffled, ["age"], n_bootstrap=30)
     assert ordered["attributes"]["age"]["changes"] == reordered["attributes"]["age"]["changes"]
+
+
+def test_a_folder_holding_another_comparison_is_not_written_without_overwrite(test_rows, tmp_path, capsys):
+    a = write(tmp_path / "a" / "predictions.jsonl", test_rows, wrong_for_disadvantaged)
+    b = write(tmp_path / "b" / "predictions.jsonl", test_rows, right)
+    c = write(tmp_path / "c" / "predictions.jsonl", test_rows, right)
+    out = tmp_path / "cmp"
+    assert main(["compare", str(a), str(b), "-o", str(out), "--bootstrap", "20", "--no-plots"]) == 0
+    first = (out / COMPARE_FILES["json"]).read_bytes()
+    assert main(["compare", str(a), str(c), "-o", str(out), "--bootstrap", "20", "--no-plots"]) == 2
+    err = capsys.readouterr().err
+    assert "is the report of another comparison" in err and "--overwrite" in err
+    assert (out / COMPARE_FILES["json"]).read_bytes() == first
+    assert main(["compare", str(a), str(b), "-o", str(out), "--bootstrap", "20", "--no-plots"]) == 0  # the same one
+    assert main(["compare", str(a), str(c), "-o", str(out), "--bootstrap", "20", "--no-plots", "--overwrite"]) == 0
+    assert json.loads((out / COMPARE_FILES["json"]).read_text())["labels"]["b"] == str(c)

@@ -123,3 +123,62 @@ def test_age_bins_audit_a_run_trained_with_custom_bins(tmp_path, capsys):
     capsys.readouterr()
     assert main(["evaluate", str(pred), "--age-bins", "65", "40"]) == 2
     assert "not greater than the previous bound" in capsys.readouterr().err
+
+
+# -- bad input, as a skeptical user gives it (issue 26) ------------------------------------------------------
+
+
+def test_the_report_never_replaces_the_predictions_file(tmp_path, capsys):
+    pred = write(tmp_path / "pred.jsonl", LINES)
+    before = pred.read_bytes()
+    assert main(["evaluate", str(pred), "--json", str(pred)]) == 2
+    assert "--json" in capsys.readouterr().err
+    assert main(["evaluate", str(pred), "--markdown", str(tmp_path / "." / "pred.jsonl")]) == 2
+    assert pred.read_bytes() == before
+    assert main(["evaluate", str(pred), "--json", str(tmp_path / "r"), "--markdown", str(tmp_path / "r")]) == 2
+    assert "--markdown" in capsys.readouterr().err and not (tmp_path / "r").exists()
+
+
+def test_reports_into_a_missing_folder_are_written_there(tmp_path):
+    pred = write(tmp_path / "pred.jsonl", LINES)
+    out = tmp_path / "new" / "folder"
+    assert main(["evaluate", str(pred), "--json", str(out / "f.json"), "--markdown", str(out / "f.md")]) == 0
+    assert json.loads((out / "f.json").read_text())["samples"] == len(LINES)
+    assert "Summary" in (out / "f.md").read_text()
+
+
+def test_a_reference_listing_numbers_is_named_and_skippable(tmp_path, capsys):
+    pred = write(tmp_path / "pred.jsonl", [*LINES, {**LINES[0], "reference": [1, 2]}])
+    assert main(["evaluate", str(pred)]) == 2
+    err = capsys.readouterr().err
+    assert f"line {len(LINES) + 1}: 'reference' must list labels as strings, got 1 (int)" in err
+    assert main(["evaluate", str(pred), "--skip-invalid"]) == 0
+    assert "1 malformed line(s) skipped." in capsys.readouterr().out
+
+
+def test_non_utf8_input_names_the_file_and_line(tmp_path, capsys):
+    pred = write(tmp_path / "pred.jsonl", LINES)
+    pred.write_bytes(pred.read_bytes() + b'{"prediction": "NV", "reference": "NV", "dataset": "ham\xff"}\n')
+    assert main(["evaluate", str(pred)]) == 2
+    assert f"{pred}, line {len(LINES) + 1}: not UTF-8 text (byte 0xff" in capsys.readouterr().err
+    assert main(["evaluate", str(pred), "--skip-invalid"]) == 0
+
+
+def test_without_attribute_fields_correct_answers_score_one_not_zero(tmp_path, capsys):
+    lines = [{k: v for k, v in line.items() if k not in ("age", "sex")} for line in LINES]
+    lines = [{**line, "prediction": line["reference"]} for line in lines]  # every answer right
+    pred = write(tmp_path / "pred.jsonl", lines)
+    out = tmp_path / "f.json"
+    assert main(["evaluate", str(pred), "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "age, sex: no line has a valid value" in printed and "all samples as one group" in printed
+    report = json.loads(out.read_text())
+    assert report["absent_attributes"] == ["age", "sex"]
+    (overall,) = report["attributes"].values()
+    assert overall["acc"] == 1.0 and overall["f1"] > 0.5  # it printed 0.000 for both when no group was valid
+    # One attribute present: it is scored, the absent one named.
+    lines = [{**line, "sex": "F"} for line in lines]
+    assert main(["evaluate", str(write(pred, lines)), "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert list(report["attributes"]) == ["sex"] and report["absent_attributes"] == ["age"]
+    assert report["attributes"]["sex"]["acc"] == 1.0

@@ -7,9 +7,8 @@ logged every 2, seed fixed; two domains, a quarter of the prompts without demogr
 * ``victim``: killed with SIGKILL once ``checkpoint-3/fair_grpo_state.json`` exists and step 4 has been generated
   and scored (the worker then sleeps, so the kill lands mid-step 4 every time); resumed from ``checkpoint-3`` by a
   new process in the same output folder.
-* ``torn``: fault injection: SIGKILLs itself right after transformers has written checkpoint-3 (trainer_state.json
-  included, old checkpoints rotated) and before FairGRPO writes ``fair_grpo_state.json``; resumed from what
-  ``get_last_checkpoint`` finds.
+* ``torn``: fault injection: SIGKILLs itself in the middle of writing checkpoint-6 (weights written, optimizer and
+  trainer state not); resumed with ``resume_from_checkpoint=True`` by a new process in the same output folder.
 
 Intended behaviour of the fairness logging window across a resume (asserted below): the rollout buffer lives in
 memory, so rollouts generated after the last fairness log and before the kill (step 3 here, and the in-flight
@@ -72,7 +71,7 @@ def runs(tmp_path_factory):
     save_tiny_model(root / "model", kind="text")
     full = launch(root, "full", "full")
     victim = launch(root, "victim", "victim", "--hang-after-step", str(CHECKPOINT))
-    torn = launch(root, "torn", "torn", "--die-after-hf-checkpoint", str(CHECKPOINT))
+    torn = launch(root, "torn", "torn", "--die-in-checkpoint", str(STEPS))
 
     checkpoint = root / "victim" / f"checkpoint-{CHECKPOINT}"
     poll(lambda: (checkpoint / ESTIMATOR_STATE_FILE).exists(), *victim)
@@ -82,18 +81,20 @@ def runs(tmp_path_factory):
     resumed = launch(root, "resumed", "victim", "--resume", str(checkpoint))
 
     finish(*torn, expect=-signal.SIGKILL)
-    torn_checkpoint = get_last_checkpoint(str(root / "torn"))
-    torn_resumed = launch(root, "torn_resumed", "torn", "--resume", torn_checkpoint)
+    torn_listing = sorted(os.listdir(root / "torn"))
+    torn_checkpoint = get_last_checkpoint(str(root / "torn"))  # what transformers would resume from
+    torn_resumed = launch(root, "torn_resumed", "torn", "--resume", "latest")
 
     for process in (full, resumed):
         finish(*process)
     records = {name: json.loads((root / f"{name}.json").read_text()) for name in ("full", "victim", "resumed")}
-    # Judged in its own test: refusing to resume is one acceptable outcome there.
+    # Judged in its own test.
     torn_resumed[0].wait(timeout=180)
     records["torn_resumed"] = {"returncode": torn_resumed[0].returncode, "log": torn_resumed[1].read_text()}
     if torn_resumed[0].returncode == 0:
         records["torn_resumed"].update(json.loads((root / "torn_resumed.json").read_text()))
-    return {"root": root, "checkpoint": checkpoint, "torn_checkpoint": Path(torn_checkpoint), **records}
+    torn = {"listing": torn_listing, "checkpoint": torn_checkpoint}
+    return {"root": root, "checkpoint": checkpoint, "torn": torn, **records}
 
 
 def fingerprint(step: dict) -> dict:
@@ -208,25 +209,26 @@ def test_invalid_demographic_count_continues_across_the_resume(runs):
     assert resumed == full
 
 
-def test_kill_between_transformers_checkpoint_and_estimator_state_does_not_lose_the_state(runs):
-    """A SIGKILL right after transformers finished checkpoint-3 (trainer_state.json written, older checkpoints
-    rotated away) but before `fair_grpo_state.json` is written.
-
-    `get_last_checkpoint` picks that checkpoint. Acceptable outcomes: the estimator state is there (written before
-    the checkpoint looks complete) and the run continues exactly, or the resume refuses. A state written after
-    `super()._save_checkpoint` would be missing here, and the resume would only warn and restart the running
-    statistics from zero.
+def test_a_kill_inside_a_checkpoint_write_leaves_the_last_complete_one_and_resume_true_picks_it(runs):
+    """A SIGKILL in the middle of writing checkpoint-6: transformers writes a checkpoint file by file, in place, so
+    the folder it would list (and `resume_from_checkpoint=True` pick) was torn. Written under a temporary name and
+    renamed once whole, the newest checkpoint-N folder is checkpoint-3, complete; the resume says what it skipped and
+    ends exactly where the unbroken run ends.
     """
-    checkpoint, outcome = runs["torn_checkpoint"], runs["torn_resumed"]
-    assert checkpoint.name == f"checkpoint-{CHECKPOINT}"
-    assert (checkpoint / "trainer_state.json").exists()
-    if outcome["returncode"] != 0:  # refused: it must say why
-        assert ESTIMATOR_STATE_FILE in outcome["log"], outcome["log"][-3000:]
-        return
-    assert (checkpoint / ESTIMATOR_STATE_FILE).exists(), (
-        f"{checkpoint} looks complete but has no {ESTIMATOR_STATE_FILE}"
-    )
+    root, torn, outcome = runs["root"], runs["torn"], runs["torn_resumed"]
+    assert torn["checkpoint"] == str(root / "torn" / f"checkpoint-{CHECKPOINT}"), torn["listing"]
+    assert f"checkpoint-{STEPS}" not in torn["listing"] and f".partial-checkpoint-{STEPS}" in torn["listing"]
+    assert outcome["returncode"] == 0, outcome["log"][-3000:]
+    assert f"Not resuming from {root / 'torn' / f'.partial-checkpoint-{STEPS}'}" in outcome["log"]
+    assert [s["step"] for s in outcome["steps"]] == list(range(CHECKPOINT + 1, STEPS + 1))
     assert outcome["estimator_state"] == runs["full"]["estimator_state"]
+    full = torch.load(root / "full" / "final_weights.pt")
+    resumed = torch.load(root / "torn" / "final_weights.pt")
+    assert all(torch.equal(full[k], resumed[k]) for k in full)
+    # The resumed run wrote checkpoint-6 whole and cleared what the kill left.
+    after = sorted(os.listdir(root / "torn"))
+    assert f"checkpoint-{STEPS}" in after and not [p for p in after if p.startswith(".partial")]
+    assert (root / "torn" / f"checkpoint-{STEPS}" / "trainer_state.json").is_file()
 
 
 def test_fairness_log_does_not_swallow_the_step_log(runs):

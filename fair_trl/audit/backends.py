@@ -71,6 +71,18 @@ def is_multimodal(processor: Any) -> bool:
     return getattr(processor, "image_processor", None) is not None
 
 
+def check_model_source(model: str) -> None:
+    """Refuse a local model path that does not exist, before transformers reads it as a Hub repository id."""
+    path = Path(model).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise ValueError(f"--model {model}: a file, not a model folder (one holding config.json)")
+        return
+    # A Hub id is "name" or "owner/name": anything else that is not on disk was meant as a path.
+    if model.startswith(("/", ".", "~")) or model.count("/") > 1 or "\\" in model:
+        raise ValueError(f"--model {model}: no such folder (a local model path; a Hub id reads owner/name)")
+
+
 def load_processor(model: str, chat_template: str | None = None, trust_remote_code: bool = False) -> Any:
     """The model's processor (a tokenizer for a text-only model), padding on the left for batched generation.
 
@@ -78,6 +90,7 @@ def load_processor(model: str, chat_template: str | None = None, trust_remote_co
     """
     from transformers import AutoProcessor
 
+    check_model_source(model)
     processor = AutoProcessor.from_pretrained(model, trust_remote_code=trust_remote_code)
     _tokenizer(processor).padding_side = "left"  # decoder-only models continue from the last position
     if chat_template is not None:

@@ -198,7 +198,40 @@ def render_markdown(comparison: Mapping[str, Any], plot: str | None = None) -> s
     return "\n".join(lines) + "\n"
 
 
-def write_comparison(out_dir: str | Path, comparison: Mapping[str, Any], plots: bool = True) -> dict[str, Path]:
+def check_comparison_folder(out_dir: str | Path, comparison: Mapping[str, Any], overwrite: bool = False) -> None:
+    """Refuse to replace another comparison's report, or to write over an input, unless `overwrite`."""
+    out = Path(out_dir)
+    labels = comparison["labels"]
+    targets = {(out / name).resolve() for name in COMPARE_FILES.values()}
+    for side in ("a", "b"):
+        if Path(labels[side]).resolve() in targets:
+            raise ValueError(f"-o {out} would write over input {labels[side]}; choose another folder")
+    if overwrite:
+        return
+    previous = out / COMPARE_FILES["json"]
+    if previous.is_file():
+        try:
+            before = json.loads(previous.read_text(encoding="utf-8")).get("labels", {})
+        except (ValueError, AttributeError):
+            before = {}
+        if all(before.get(side) == labels[side] for side in ("a", "b")):
+            return  # the same comparison, again
+        raise ValueError(
+            f"{previous} is the report of another comparison ({before.get('a')} against {before.get('b')}): pass "
+            "--overwrite to replace it, or another -o folder"
+        )
+    existing = [out / name for name in COMPARE_FILES.values() if (out / name).exists()]
+    if existing:
+        raise ValueError(
+            f"{existing[0]} exists without {COMPARE_FILES['json']}: pass --overwrite, or another -o folder"
+        )
+
+
+def write_comparison(
+    out_dir: str | Path, comparison: Mapping[str, Any], plots: bool = True, overwrite: bool = True
+) -> dict[str, Path]:
+    """compare.json, compare.md and the plot in `out_dir` (see `check_comparison_folder` for `overwrite`)."""
+    check_comparison_folder(out_dir, comparison, overwrite)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written: dict[str, Path] = {}

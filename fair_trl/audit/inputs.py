@@ -27,7 +27,10 @@ def _load(source: str, split: str, options: Mapping[str, Any]) -> Any:
     if source == SYNTHETIC:
         from fair_trl.data import build_dataset
 
-        data = build_dataset(SYNTHETIC, None, **options)
+        try:
+            data = build_dataset(SYNTHETIC, None, **options)
+        except TypeError as err:  # an unknown or mistyped option: the builder names the valid ones
+            raise ValueError(f"--dataset-option: {err}") from None
         if split not in data:
             raise ValueError(f"synthetic has no split {split!r}; available splits: {sorted(data)}")
         return data[split]

@@ -23,6 +23,7 @@ from fair_trl.audit.backends import (
     load_backend,
     render_prompts,
 )
+from fair_trl.audit.fingerprint import audit_fingerprint
 from fair_trl.audit.inputs import SOLUTION_COLUMN, AuditRows, load_rows
 from fair_trl.audit.store import PREDICTIONS_FILE, PredictionStore
 
@@ -52,6 +53,8 @@ _ANSWER_SETTINGS = (
     "attributes",
     "id_column",
     "chat_template",
+    "dtype",
+    "fingerprint",  # what the options name, by content (fair_trl.audit.fingerprint)
 )
 
 
@@ -95,7 +98,7 @@ class AuditSettings:
     def manifest(self) -> dict[str, Any]:
         values = asdict(self)
         values["attributes"] = list(self.attributes)
-        return {key: values[key] for key in _ANSWER_SETTINGS}
+        return {key: values[key] for key in _ANSWER_SETTINGS if key in values}
 
 
 @dataclass
@@ -110,23 +113,67 @@ class AuditProgress:
     dropped_partial_line: bool = False
 
 
-def _check_manifest(out: Path, manifest: Mapping[str, Any], overwrite: bool) -> None:
-    path = out / MANIFEST_FILE
-    predictions = out / PREDICTIONS_FILE
-    if overwrite:
-        for stale in (predictions, *out.glob("predictions.rank*-of-*.jsonl")):
-            stale.unlink(missing_ok=True)
-    elif path.is_file() and predictions.is_file():
-        before = json.loads(path.read_text(encoding="utf-8"))
-        changed = [k for k in _ANSWER_SETTINGS if before.get(k) != manifest.get(k)]
-        if changed:
-            diffs = "; ".join(f"{k}: {before.get(k)!r} then, {manifest.get(k)!r} now" for k in changed)
+def _outputs(out: Path) -> list[Path]:
+    """What an audit writes into `out` besides its manifest: its answers, then its report."""
+    from fair_trl.audit.report import FAIRNESS_FILE, PLOT_FILES, REPORT_FILE
+
+    answers = [out / PREDICTIONS_FILE, *sorted(out.glob("predictions.rank*-of-*.jsonl"))]
+    return answers + [out / name for name in (FAIRNESS_FILE, REPORT_FILE, *PLOT_FILES.values())]
+
+
+def _flatten(value: Any, prefix: str) -> dict[str, Any]:
+    if isinstance(value, Mapping) and value:
+        return {k: v for key, item in value.items() for k, v in _flatten(item, f"{prefix}.{key}").items()}
+    return {prefix: value}
+
+
+def _shown(value: Any) -> str:
+    # A SHA-256 is told apart by its first characters; 64 of them would drown the message.
+    if isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value):
+        return value[:12] + "..."
+    return repr(value)
+
+
+def manifest_differences(before: Mapping[str, Any], now: Mapping[str, Any]) -> list[str]:
+    """'setting: old then, new now' for each answer setting (and fingerprint part) that differs."""
+    old = {k: v for key in _ANSWER_SETTINGS for k, v in _flatten(before.get(key), key).items()}
+    new = {k: v for key in _ANSWER_SETTINGS for k, v in _flatten(now.get(key), key).items()}
+    return [f"{k}: {_shown(old.get(k))} then, {_shown(new.get(k))} now" for k in dict.fromkeys([*old, *new])
+            if old.get(k) != new.get(k)]  # fmt: skip
+
+
+def check_output_dir(out: Path, inputs: Mapping[str, str | None]) -> None:
+    """Refuse an output folder that is one of the inputs (`inputs`: option -> path)."""
+    for option, value in inputs.items():
+        if value and Path(value).exists() and out.resolve() == Path(value).resolve():
             raise ValueError(
-                f"{out} holds the answers of another audit ({diffs}). Resuming would mix the two: pass "
-                "--overwrite to start again, or another -o folder"
+                f"-o {out} is also {option}: the audit would write into its own input; choose another folder"
             )
-    elif predictions.is_file() and predictions.stat().st_size:
-        raise ValueError(f"{predictions} exists without {MANIFEST_FILE}: pass --overwrite, or another -o folder")
+
+
+def _check_manifest(out: Path, manifest: Mapping[str, Any], overwrite: bool) -> None:
+    """Refuse to mix two audits in `out`; with `overwrite`, clear the earlier one. Then record `manifest`.
+
+    Runs only once the new audit's model and data have loaded, so a mistyped option loses nothing.
+    """
+    path = out / MANIFEST_FILE
+    existing = [p for p in _outputs(out) if p.is_file() and (p.name != PREDICTIONS_FILE or p.stat().st_size)]
+    if overwrite:
+        for stale in existing:
+            stale.unlink()
+    elif existing and path.is_file():
+        before = json.loads(path.read_text(encoding="utf-8"))
+        changed = manifest_differences(before, manifest)
+        if changed:
+            raise ValueError(
+                f"{out} holds the answers or report of another audit ({'; '.join(changed)}). Resuming would mix the "
+                "two: pass --overwrite to start again, or another -o folder"
+            )
+    elif existing:
+        raise ValueError(
+            f"{existing[0]} exists without {MANIFEST_FILE}: it belongs to another run. Pass --overwrite to replace "
+            "it, or another -o folder"
+        )
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(dict(manifest), indent=2, default=str) + "\n", encoding="utf-8")
     tmp.replace(path)
@@ -227,9 +274,8 @@ def run_audit(
     its own test split. With `shard` = (rank, world) > 1 process, each writes its own file (`merge_shards`).
     """
     out = Path(settings.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    if shard[0] == 0:
-        _check_manifest(out, settings.manifest(), settings.overwrite)
+    check_output_dir(out, {"--model": settings.model, "--dataset": settings.dataset})
+    # The model and the data load before anything in `out` is touched: a typo must not cost earlier answers.
     if rows is None:
         rows = load_rows(
             settings.dataset, settings.split, settings.attributes, settings.dataset_options, settings.id_column
@@ -243,6 +289,10 @@ def run_audit(
             device=settings.device,
             dtype=settings.dtype,
         )
+    out.mkdir(parents=True, exist_ok=True)
+    if shard[0] == 0:
+        fingerprint = audit_fingerprint(rows, settings.model, settings.chat_template)
+        _check_manifest(out, {**settings.manifest(), "fingerprint": fingerprint}, settings.overwrite)
     store = PredictionStore(out / shard_file(*shard))
     return answer_rows(
         backend,

@@ -1,17 +1,17 @@
 """Worker for tests/test_resume.py: one FairGRPO training run on CPU, in its own process so it can be SIGKILLed.
 
-    python resume_worker.py MODEL OUT_DIR RECORD.json [--resume CHECKPOINT] [--hang-after-step K]
-                            [--die-after-hf-checkpoint K]
+    python resume_worker.py MODEL OUT_DIR RECORD.json [--resume CHECKPOINT|latest] [--hang-after-step K]
+                            [--die-in-checkpoint K]
 
 Trains `STEPS` steps, checkpointing every `SAVE_STEPS` and logging fairness every `FAIRNESS_STEPS`. With
 `--hang-after-step K` it generates and scores step K + 1 (moving the estimator and the rollout buffer in memory),
 writes RECORD.json and OUT_DIR/hanging, then sleeps until the test kills it. RECORD.json holds, per step, the
 gathered rewards, the advantages, the completions and fingerprints of the RNG, optimizer and scheduler state at the
 start of the step; each fairness window with the steps its rollouts were generated at; the log history; and at the
-end the estimator state (the final weights go to OUT_DIR/final_weights.pt). With `--die-after-hf-checkpoint K`
-the process SIGKILLs itself the moment transformers' `Trainer._save_checkpoint` has finished checkpoint-K (its last
-act, `rotate_checkpoints`), before `FairGRPOTrainer._save_checkpoint` writes the estimator state: fault injection
-for a kill that lands in that window. Not collected by pytest.
+end the estimator state (the final weights go to OUT_DIR/final_weights.pt). With `--die-in-checkpoint K` the
+process SIGKILLs itself in the middle of writing checkpoint-K: the model weights (and FairGRPO's states) are
+written, the optimizer, RNG and trainer states are not; fault injection for a kill that lands inside a checkpoint
+write. `--resume latest` is `resume_from_checkpoint=True`. Not collected by pytest.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-import transformers.trainer  # noqa: E402
+import transformers  # noqa: E402
 from datasets import Dataset  # noqa: E402
 
 from fair_trl import FairGRPOConfig, FairGRPOTrainer  # noqa: E402
@@ -152,15 +152,15 @@ class RecordingTrainer(FairGRPOTrainer):
             json.dump(record, f)
 
 
-def die_after_checkpoint(step: int) -> None:
-    original = transformers.trainer.rotate_checkpoints
+def die_in_checkpoint(step: int) -> None:
+    original = transformers.Trainer._save_optimizer_and_scheduler
 
-    def rotate_then_die(output_dir, *args, **kwargs):
-        original(output_dir, *args, **kwargs)
-        if os.path.isdir(os.path.join(output_dir, f"checkpoint-{step}")):
+    def die_before_the_optimizer(self, output_dir):
+        if self.state.global_step == step:
             os.kill(os.getpid(), signal.SIGKILL)
+        original(self, output_dir)
 
-    transformers.trainer.rotate_checkpoints = rotate_then_die
+    transformers.Trainer._save_optimizer_and_scheduler = die_before_the_optimizer
 
 
 def main() -> None:
@@ -170,10 +170,10 @@ def main() -> None:
     parser.add_argument("record")
     parser.add_argument("--resume", default=None)
     parser.add_argument("--hang-after-step", type=int, default=None)
-    parser.add_argument("--die-after-hf-checkpoint", type=int, default=None)
+    parser.add_argument("--die-in-checkpoint", type=int, default=None)
     cli = parser.parse_args()
-    if cli.die_after_hf_checkpoint is not None:
-        die_after_checkpoint(cli.die_after_hf_checkpoint)
+    if cli.die_in_checkpoint is not None:
+        die_in_checkpoint(cli.die_in_checkpoint)
     torch.set_num_threads(1)
     args = FairGRPOConfig(
         output_dir=cli.out_dir,
@@ -202,7 +202,7 @@ def main() -> None:
         record_path=cli.record,
         out_dir=cli.out_dir,
     )
-    trainer.train(resume_from_checkpoint=cli.resume)
+    trainer.train(resume_from_checkpoint=True if cli.resume == "latest" else cli.resume)
     torch.save(
         {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}, f"{cli.out_dir}/final_weights.pt"
     )
