@@ -32,6 +32,7 @@ from fair_trl.model_card import (
     BALANCED_SAMPLER,
     WEIGHTED_SAMPLER_PREFIX,
     ModelCardRecord,
+    adapter_settings,
     card_hyperparameters,
     write_model_card,
 )
@@ -430,6 +431,7 @@ class FairGRPOTrainer(GRPOTrainer):
             trained_steps=self.state.global_step,
             figures=audit["figures"] if audit else (),
             evaluation_note=audit["note"] if audit else None,
+            adapter=adapter_settings(self.model),
         )
 
     # -- checkpoints ----------------------------------------------------------------------------
