@@ -331,6 +331,9 @@ def _add_audit_parsers(commands: Any) -> None:
     audit.add_argument("--device", default=None, help="hf backend: torch device (default: cuda if available)")
     audit.add_argument("--dtype", default="auto", help="model dtype, e.g. bfloat16 (default: the checkpoint's)")
     audit.add_argument("--overwrite", action="store_true", help="discard answers already in OUT and start again")
+    audit.add_argument("--label-sets", default=None, metavar="JSON|FILE",
+                       help="declared label sets {dataset: [label, ...]} (JSON or a .json/.yaml file): an answer "
+                       "naming a label outside its set names none, as accuracy_reward scores it")  # fmt: skip
     audit.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_grouping_options(audit)
 
@@ -383,6 +386,7 @@ def _audit(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             plots=not args.no_plots,
             overwrite=args.overwrite,
             progress=not args.no_progress,
+            label_sets=args.label_sets,
         )
         report, written = audit(settings)
     except (OSError, ValueError) as err:

@@ -44,6 +44,7 @@ __all__ = [
     "InvalidDemographic",
     "age_bin",
     "column_kind",
+    "column_names",
     "domain_key",
     "normalise_attribute",
     "parse_column",
@@ -133,6 +134,11 @@ def parse_columns(specs: Iterable[str] | str) -> dict[str, ColumnKind]:
             raise ValueError(f"duplicate demographic column {name!r}")
         kinds[name] = kind
     return kinds
+
+
+def column_names(specs: Iterable[str] | str) -> tuple[str, ...]:
+    """The dataset columns a `demographic_columns` list reads (its ``":kind"`` suffixes dropped)."""
+    return tuple(parse_columns(specs))
 
 
 def _is_nan(value: Any) -> bool:
@@ -349,9 +355,8 @@ class GroupKeyer:
     @classmethod
     def from_config(cls, config: Any) -> GroupKeyer:
         """The keyer a `FairGRPOConfig` describes (its demographic columns and kinds, age bins and max age)."""
-        return cls(
-            config.demographic_columns, config.age_bins, config.max_age, kinds=getattr(config, "demographic_kinds", None)
-        )
+        kinds = getattr(config, "demographic_kinds", None)
+        return cls(config.demographic_columns, config.age_bins, config.max_age, kinds=kinds)
 
     @property
     def specs(self) -> list[str]:

@@ -123,9 +123,7 @@ def inspect_rows(rows: Iterable[Mapping[str, Any]], settings: ColumnSettings) ->
             "label_set": list(labels),
             "label_source": source,
             "unknown_share": round(unknown / entry["rows"], 4),
-            "groups": [
-                {"group": group, "prompts": n, "share": round(n / entry["rows"], 4)} for group, n in groups
-            ],
+            "groups": [{"group": group, "prompts": n, "share": round(n / entry["rows"], 4)} for group, n in groups],
         }
         small = [f"{group} ({n})" for group, n in groups if group != LATENT and n < MIN_GROUP_PROMPTS]
         if small:

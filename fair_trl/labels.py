@@ -6,8 +6,8 @@ prompts list them as candidates, and answer extraction maps free text back onto 
 
 from __future__ import annotations
 
-import re
 import json
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any

@@ -291,9 +291,13 @@ def with_config_label_sets(reward_funcs: Any, config: Any) -> Any:
     wanted = (config.label_sets, config.solution_column, config.domain_column)
     if wanted == (None, "solution", "dataset"):
         return reward_funcs
+
+    def bound(func: Any) -> Any:
+        return AccuracyReward.from_config(config) if func is accuracy_reward else func
+
     if isinstance(reward_funcs, list | tuple):
-        return type(reward_funcs)(AccuracyReward.from_config(config) if f is accuracy_reward else f for f in reward_funcs)
-    return AccuracyReward.from_config(config) if reward_funcs is accuracy_reward else reward_funcs
+        return type(reward_funcs)(bound(f) for f in reward_funcs)
+    return bound(reward_funcs)
 
 
 accuracy_reward = AccuracyReward()
