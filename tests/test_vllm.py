@@ -80,6 +80,16 @@ def _hf_logprobs(model, token_ids: list[int], **inputs) -> torch.Tensor:
     return logprobs.gather(1, torch.tensor(token_ids[1:])[:, None])[:, 0]
 
 
+def _text_prompt_ids(tokenizer) -> list[int]:
+    """A fixed chat prompt's token ids, the sequence on which vLLM and transformers are compared."""
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "Classify case 3 : Normal or Pneumonia ?"}],
+        add_generation_prompt=True,
+        tokenize=False,
+    )
+    return tokenizer(text)["input_ids"]
+
+
 def _record_syncs(trainer) -> list[dict[str, torch.Tensor]]:
     """The trained model's weights at each weight sync: vLLM serves the last of them, not the final step's
     update (TRL syncs before generating, so the last optimizer step is never sent)."""
@@ -119,13 +129,7 @@ def test_text_model_trains_in_colocate_mode_and_vllm_holds_the_trained_weights(t
     assert sum(s.prompts for s in estimator.domain_stats.values()) == 3 * 2  # 2 prompts a step
     assert any(entry.get("fair/weight/chexpert") for entry in trainer.state.log_history)
 
-    tokenizer = trainer.processing_class
-    text = tokenizer.apply_chat_template(
-        [{"role": "user", "content": "Classify case 3 : Normal or Pneumonia ?"}],
-        add_generation_prompt=True,
-        tokenize=False,
-    )
-    sequence = tokenizer(text)["input_ids"]
+    sequence = _text_prompt_ids(trainer.processing_class)
     served = _vllm_logprobs(trainer, sequence)
     trained = _hf_logprobs(_as_synced(AutoModelForCausalLM.from_pretrained(model_dir), synced), sequence)
     initial = _hf_logprobs(AutoModelForCausalLM.from_pretrained(model_dir), sequence)
@@ -164,13 +168,7 @@ def test_lora_in_colocate_mode_vllm_samples_from_the_merged_weights(tmp_path):
     print(f"base weights after 3 merge/unmerge syncs: at most {drift:.2e} from the initial ones")
     assert drift < 1e-5
 
-    tokenizer = trainer.processing_class
-    text = tokenizer.apply_chat_template(
-        [{"role": "user", "content": "Classify case 3 : Normal or Pneumonia ?"}],
-        add_generation_prompt=True,
-        tokenize=False,
-    )
-    sequence = tokenizer(text)["input_ids"]
+    sequence = _text_prompt_ids(trainer.processing_class)
     served = _vllm_logprobs(trainer, sequence)
     # A fresh model of the same adapter layout holding the state of the last sync, merged as TRL merges it.
     adapted = get_peft_model(AutoModelForCausalLM.from_pretrained(model_dir), trainer.model.peft_config["default"])
