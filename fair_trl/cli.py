@@ -1,4 +1,4 @@
-"""`fair-trl` command line: demo, evaluate, audit, compare, build-dataset, tiny-model."""
+"""`fair-trl` command line: demo, evaluate, inspect, audit, compare, build-dataset, tiny-model."""
 
 from __future__ import annotations
 
@@ -43,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument("--max-age", type=float, default=None, help="ages above this are invalid (default 120)")
 
+    _add_inspect_parser(commands)
     _add_audit_parsers(commands)
 
     build = commands.add_parser(
@@ -82,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     if args.command == "evaluate":
         return _evaluate(args)
+    elif args.command == "inspect":
+        return _inspect(args)
     elif args.command == "audit":
         return _audit(parser, args)
     elif args.command == "compare":
@@ -226,6 +229,94 @@ def write_text(path: Any, text: str) -> None:
     tmp.replace(path)
 
 
+def _add_inspect_parser(commands: Any) -> None:
+    inspect = commands.add_parser(
+        "inspect",
+        help="the groups FairGRPO will form in a dataset, per domain, with warnings, before training",
+        description="Read a dataset with the column settings of training (flags, or --config recipe.yaml's "
+        "FairGRPOConfig fields; flags win) and print per domain: rows, label set and the groups FairGRPO will "
+        "form with their counts and the share unknown; warn about small groups, values that did not parse, "
+        "category columns with many values and labels outside the label set.",
+    )
+    inspect.add_argument("dataset", help="a folder written by save_to_disk, a .jsonl/.csv/.parquet file, or a Hub id")
+    inspect.add_argument("--split", default="train", help="split of a dataset folder or Hub id (default: train)")
+    inspect.add_argument("--config", default=None, metavar="RECIPE.yaml",
+                         help="read domain_column, demographic_columns, age_bins, max_age, solution_column and "
+                         "label_sets from this recipe")  # fmt: skip
+    inspect.add_argument("--domain-column", default=None, help="column naming each row's domain (default: dataset)")
+    inspect.add_argument("--no-domain-column", action="store_true", help="every row in one domain")
+    inspect.add_argument("--demographic-columns", nargs="*", default=None, metavar="COLUMN[:KIND]",
+                         help="demographic columns, kind age, sex or category (default: sex age)")  # fmt: skip
+    inspect.add_argument("--label-sets", default=None, metavar="JSON|FILE",
+                         help="declared label sets {domain: [label, ...]}, as JSON or a .json/.yaml file")  # fmt: skip
+    inspect.add_argument("--solution-column", default=None, help="column of reference labels (default: solution)")
+    inspect.add_argument("--age-bins", type=float, nargs="+", default=None, metavar="BOUND",
+                         help="upper bounds of the age bins a1, a2, ... (default: 25 50 75)")  # fmt: skip
+    inspect.add_argument("--max-age", type=float, default=None, help="ages above this are invalid (default 120)")
+    inspect.add_argument("--json", dest="json_out", default=None, help="also write the report as JSON to this file")
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import datasets
+    import yaml
+
+    from fair_trl.data.loading import load_split
+    from fair_trl.inspection import ColumnSettings, check_columns, format_inspection, inspect_dataset
+
+    try:
+        recipe: dict[str, Any] = {}
+        if args.config:
+            recipe = yaml.safe_load(Path(args.config).read_text(encoding="utf-8")) or {}
+            if not isinstance(recipe, dict):
+                raise ValueError(f"{args.config}: expected a YAML mapping of config fields")
+        settings = ColumnSettings.from_config(
+            recipe,
+            domain_column=args.domain_column,
+            demographic_columns=args.demographic_columns,
+            label_sets=args.label_sets,
+            solution_column=args.solution_column,
+            age_bins=args.age_bins,
+            max_age=args.max_age,
+        )
+        if args.no_domain_column:
+            settings.domain_column = None
+        datasets.disable_progress_bars()
+        dataset = load_split(args.dataset, args.split)
+        check_columns(dataset.column_names, settings, dataset_name=str(args.dataset))
+        report = inspect_dataset(dataset, settings)
+        if args.json_out:
+            _write_text(args.json_out, json.dumps(report, indent=2) + "\n")
+    except (OSError, ValueError, yaml.YAMLError) as err:
+        print(f"fair-trl inspect: {_one_line(err)}", file=sys.stderr)
+        return 2
+    except Exception as err:  # datasets' own errors (a Hub id offline, a malformed file) are user input too
+        if type(err).__module__.split(".")[0] not in ("datasets", "huggingface_hub", "pyarrow"):
+            raise
+        print(f"fair-trl inspect: {args.dataset}: {_one_line(err)}", file=sys.stderr)
+        return 2
+    print(format_inspection(report), end="")
+    if args.json_out:
+        print(f"wrote {args.json_out}")
+    return 0
+
+
+def _write_text(path: str, text: str) -> None:
+    from pathlib import Path
+
+    target = Path(path)
+    if not target.parent.is_dir():
+        raise ValueError(f"cannot write {path}: folder {str(target.parent)!r} does not exist")
+    tmp = target.with_name(target.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(target)
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split()) or type(err).__name__
+
+
 def _add_grouping_options(command: argparse.ArgumentParser) -> None:
     command.add_argument(
         "--attributes", nargs="+", default=["age", "sex"], help="demographic columns (default: age sex)"
@@ -267,6 +358,9 @@ def _add_audit_parsers(commands: Any) -> None:
     audit.add_argument("--device", default=None, help="hf backend: torch device (default: cuda if available)")
     audit.add_argument("--dtype", default="auto", help="model dtype, e.g. bfloat16 (default: the checkpoint's)")
     audit.add_argument("--overwrite", action="store_true", help="discard answers already in OUT and start again")
+    audit.add_argument("--label-sets", default=None, metavar="JSON|FILE",
+                       help="declared label sets {dataset: [label, ...]} (JSON or a .json/.yaml file): an answer "
+                       "naming a label outside its set names none, as accuracy_reward scores it")  # fmt: skip
     audit.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_grouping_options(audit)
 
@@ -320,6 +414,7 @@ def _audit(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             plots=not args.no_plots,
             overwrite=args.overwrite,
             progress=not args.no_progress,
+            label_sets=args.label_sets,
         )
         report, written = audit(settings)
     except (OSError, ValueError) as err:

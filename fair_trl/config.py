@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 from typing import ClassVar
@@ -9,7 +10,8 @@ from typing import ClassVar
 from trl import GRPOConfig
 
 from fair_trl.advantages import REGISTRY, SCALE_REWARDS, get_spec, scale_rewards_choices, stats_window_batches
-from fair_trl.groups import GroupKeyer
+from fair_trl.groups import GroupKeyer, parse_column
+from fair_trl.labels import read_label_sets
 
 
 @dataclass
@@ -36,7 +38,12 @@ class FairGRPOConfig(GRPOConfig):
         domain_column (`str` or `None`, defaults to `"dataset"`):
             Dataset column naming each row's domain. None puts every row in one domain.
         demographic_columns (`list[str]`, defaults to `["sex", "age"]`):
-            Dataset columns whose values, intersected, form a row's demographic group.
+            Dataset columns whose values, intersected, form a row's demographic group: 'name' (its kind from the
+            name) or 'name:kind' with kind age, sex or category (e.g. 'PatientAge:age'). Empty: no groups. The
+            kinds move to demographic_kinds.
+        demographic_kinds (`dict[str, str]` or `None`, defaults to `None`):
+            Kind (age, sex or category) of demographic columns, {column: kind}; filled from the 'name:kind'
+            entries of demographic_columns.
         age_bins (`list[float]`, defaults to `[25, 50, 75]`):
             Upper bounds of the age bins a1, a2, ...; older ages form the last bin.
         max_age (`float`, defaults to `120`):
@@ -90,7 +97,11 @@ class FairGRPOConfig(GRPOConfig):
             Log the fairness metrics of the training rollouts every this many steps (0: off); trainer.evaluate()
             reports them with the eval_ prefix.
         solution_column (`str`, defaults to `"solution"`):
-            Dataset column with the reference label(s) for the fairness metrics.
+            Dataset column with the reference label(s) for the fairness metrics and accuracy_reward.
+        label_sets (`dict[str, list[str]]` or `None`, defaults to `None`):
+            Labels each domain may answer, {domain: [label, ...]} (or that mapping as JSON, or a .json/.yaml
+            file of it): accuracy_reward scores an answer naming a label outside its domain's set 0. The paper's
+            seven datasets have theirs built in.
     """
 
     # The fields each estimator reads, said once, here (its registry entry and the model card read it), and
@@ -139,7 +150,18 @@ class FairGRPOConfig(GRPOConfig):
     )
     demographic_columns: list[str] = field(
         default_factory=lambda: ["sex", "age"],
-        metadata={"help": "Dataset columns whose values, intersected, form a row's demographic group."},
+        metadata={
+            "help": "Dataset columns whose values, intersected, form a row's demographic group: 'name' (its kind "
+            "from the name) or 'name:kind' with kind age, sex or category (e.g. 'PatientAge:age'). Empty: no "
+            "groups. The kinds move to demographic_kinds."
+        },
+    )
+    demographic_kinds: dict[str, str] | str | None = field(
+        default=None,
+        metadata={
+            "help": "Kind (age, sex or category) of demographic columns, {column: kind}; filled from the "
+            "'name:kind' entries of demographic_columns."
+        },
     )
     age_bins: list[float] = field(
         default_factory=lambda: [25, 50, 75],
@@ -228,14 +250,21 @@ class FairGRPOConfig(GRPOConfig):
     )
     solution_column: str = field(
         default="solution",
-        metadata={"help": "Dataset column with the reference label(s) for the fairness metrics."},
+        metadata={"help": "Dataset column with the reference label(s) for the fairness metrics and accuracy_reward."},
+    )
+    label_sets: dict[str, list[str]] | str | None = field(
+        default=None,
+        metadata={
+            "help": "Labels each domain may answer, {domain: [label, ...]} (or that mapping as JSON, or a "
+            ".json/.yaml file of it): accuracy_reward scores an answer naming a label outside its domain's set 0. "
+            "The paper's seven datasets have theirs built in."
+        },
     )
 
     def __post_init__(self) -> None:
         spec = get_spec(self.advantage_estimator)
-        if isinstance(self.demographic_columns, str):
-            self.demographic_columns = [self.demographic_columns]
-        self.demographic_columns = list(self.demographic_columns)
+        self._resolve_demographic_columns()
+        self.label_sets = read_label_sets(self.label_sets)
         if not self.dro_step_size >= 0:
             raise ValueError(f"dro_step_size must be >= 0, got {self.dro_step_size}")
         if not math.isfinite(self.fair_reward_min):
@@ -251,7 +280,7 @@ class FairGRPOConfig(GRPOConfig):
         if self.fairness_logging_steps < 0:
             raise ValueError(f"fairness_logging_steps must be >= 0, got {self.fairness_logging_steps}")
         self.age_bins = [float(b) for b in self.age_bins]
-        # Fail on a bad bin list or column name now, not on the first batch.
+        # Fail on a bad bin list now, not on the first batch.
         GroupKeyer.from_config(self)
         if not spec.keeps_trl_advantages and self.multi_objective_aggregation != "sum_then_normalize":
             raise ValueError(
@@ -263,6 +292,26 @@ class FairGRPOConfig(GRPOConfig):
         super().__post_init__()
         # The window is counted in generation batches, which TRL's __post_init__ has just sized.
         stats_window_batches(self)
+
+    def _resolve_demographic_columns(self) -> None:
+        """Names in demographic_columns, kinds in demographic_kinds: rows are read by name everywhere."""
+        kinds = self.demographic_kinds
+        if isinstance(kinds, str):
+            kinds = json.loads(kinds) if kinds.strip() else None
+        if kinds is not None and not isinstance(kinds, dict):
+            raise ValueError(f"demographic_kinds must be a {{column: kind}} mapping, got {kinds!r}")
+        columns = [self.demographic_columns] if isinstance(self.demographic_columns, str) else self.demographic_columns
+        declared = dict(parse_column(c) for c in columns if isinstance(c, str) and ":" in c)
+        for column, kind in (kinds or {}).items():
+            if column in declared and declared[column] != kind:
+                raise ValueError(
+                    f"demographic column {column!r} is declared {declared[column]!r} in demographic_columns and "
+                    f"{kind!r} in demographic_kinds; give one kind"
+                )
+        keyer = GroupKeyer(columns, kinds=kinds)
+        self.demographic_columns = list(keyer.columns)
+        explicit = set(declared) | set(kinds or ())
+        self.demographic_kinds = {c: keyer.kinds[c] for c in keyer.columns if c in explicit} or None
 
     def _resolve_scale_rewards(self) -> None:
         choices = scale_rewards_choices(self.advantage_estimator)

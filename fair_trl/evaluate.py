@@ -11,14 +11,14 @@ appendix-style table per dataset and group (Acc F1 TPR FPR FDR, then sigma and D
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from fair_trl.groups import DEFAULT_AGE_BINS, DEFAULT_MAX_AGE, GroupKeyer
 from fair_trl.metrics import compute_fairness, dataset_classes, to_label_set
-from fair_trl.rewards import parse_prediction
+from fair_trl.rewards import extract_answer, matcher_for, parse_prediction
 
 __all__ = [
     "Predictions",
@@ -131,11 +131,15 @@ def read_predictions(path: str | Path, skip_invalid: bool = False) -> Prediction
     return out
 
 
-def _labels(value: Any, classes: Sequence[str]) -> frozenset[str]:
+def _labels(value: Any, classes: Sequence[str], exact: bool = False) -> frozenset[str]:
+    """The labels `value` names; with `exact` (a declared label set), {} when any part names none of `classes`."""
     if value is None:
         return frozenset()
     if isinstance(value, list):
         value = ", ".join(str(v) for v in value)
+    if exact:
+        answer = extract_answer(value)
+        return matcher_for(classes).match_exact(value.strip() if answer is None else answer)
     return parse_prediction(value, labels=classes)
 
 
@@ -157,13 +161,22 @@ def score_predictions(
     attributes: Sequence[str] = ("age", "sex"),
     age_bins: Sequence[float] = DEFAULT_AGE_BINS,
     max_age: float = DEFAULT_MAX_AGE,
+    label_sets: Mapping[str, Sequence[str]] | None = None,
 ) -> Scored:
     """The one parsing rule of every scorer of predictions files (`evaluate`, `audit`, `compare`).
 
+    `attributes`: demographic columns, ``"name"`` or ``"name:kind"`` as in training; `scored.groups` is keyed
+    by name. `label_sets` ({dataset: labels}, as `FairGRPOConfig.label_sets`) are the classes of those
+    datasets, and a prediction naming a label outside its set names none (as the reward scores it).
     A reference naming no class of its dataset raises with its line number in `path`.
     """
-    classes = dataset_classes(data.datasets, data.references)
-    predictions = [_labels(p, classes[d]) for p, d in zip(data.predictions, data.datasets, strict=True)]
+    declared = dict(label_sets or {})
+    classes = {**dataset_classes(data.datasets, data.references), **{
+        d: tuple(labels) for d, labels in declared.items() if d in set(data.datasets)
+    }}  # fmt: skip
+    predictions = [
+        _labels(p, classes[d], exact=d in declared) for p, d in zip(data.predictions, data.datasets, strict=True)
+    ]
     references = [_labels(r, classes[d]) for r, d in zip(data.references, data.datasets, strict=True)]
     for line, reference, raw, dataset in zip(data.lines, references, data.references, data.datasets, strict=True):
         if not reference:
@@ -171,7 +184,7 @@ def score_predictions(
                 f"{path}, line {line}: reference {raw!r} is not a class of {dataset!r}: {classes[dataset]}"
             )
     keyer = GroupKeyer(list(attributes), age_bins, max_age)
-    groups = {a: [keyer.attribute(a, row.get(a)) for row in data.rows] for a in attributes}
+    groups = {a: [keyer.attribute(a, row.get(a)) for row in data.rows] for a in keyer.columns}
     return Scored(predictions, references, data.datasets, classes, groups, keyer)
 
 
@@ -194,7 +207,8 @@ def evaluate_file(
     data = read_predictions(path, skip_invalid)
     scored = score_predictions(data, path, attributes, age_bins, max_age)
     # An attribute no line has a valid value of would table 0.000 for every score: name it instead.
-    present = [a for a in attributes if any(g is not None for g in scored.groups[a])]
+    # Keyed by column name: an attribute given as "name:kind" is read as "name".
+    present = [a for a in scored.groups if any(g is not None for g in scored.groups[a])]
     groups = {a: scored.groups[a] for a in present} or {ALL_SAMPLES: [ALL_SAMPLES] * len(data.rows)}
     results = {
         attribute: compute_fairness(
@@ -213,7 +227,7 @@ def evaluate_file(
         "skipped_lines": [{"line": n, "error": e} for n, e in data.skipped],
         "no_valid_label": sum(not p for p in scored.predictions),
         "demographics": scored.keyer.summary(),
-        "absent_attributes": [a for a in attributes if a not in present],
+        "absent_attributes": [a for a in scored.groups if a not in present],
         "attributes": results,
     }
 

@@ -1,11 +1,17 @@
 """Demographic attributes -> group keys for fairness-aware training and metrics.
 
 Every batch row is mapped to a group key such as ``"sex=F|age=a3"``: the intersection of the configured
-attributes that are known for that row. The rules follow what public clinical releases actually contain:
+attributes. Each configured column is ``"name"`` (its kind from the name: `column_kind`) or
+``"name:kind"`` with kind ``age``, ``sex`` or ``category`` (``"PatientAge:age"``). The rules follow what
+public clinical releases actually contain:
 
 * Missing demographics are written as blanks, ``"unknown"``/``"n/a"``-style tokens, NaN, or an age of 0
-  (a placeholder, not a newborn). Missing means "unknown": the attribute is left out of the key, it is
-  neither its own group nor an error.
+  (a placeholder, not a newborn). Missing means "unknown", neither its own group nor an error.
+* A row with *any* configured attribute unknown has no group key (None): FairGRPO puts it in the latent
+  groups of its domain, like a row with no demographics. Keying it by its known part (``age=a2`` for a
+  row lacking sex) would make a small group of its own that FairGRPO's sqrt(N) temperature boosts for
+  being small, not for being disadvantaged. Per-attribute metrics (`GroupKeyer.attribute`) still use
+  every known value.
 * Invalid values (negative or implausibly large ages, free text, unknown sex codes) are data bugs. They
   must not crash a long training run, so they are counted, logged once per column, and then treated as
   missing.
@@ -29,6 +35,7 @@ import numpy as np
 
 __all__ = [
     "ALL_DOMAINS",
+    "COLUMN_KINDS",
     "DEFAULT_AGE_BINS",
     "DEFAULT_MAX_AGE",
     "MISSING_TOKENS",
@@ -37,8 +44,11 @@ __all__ = [
     "InvalidDemographic",
     "age_bin",
     "column_kind",
+    "column_names",
     "domain_key",
     "normalise_attribute",
+    "parse_column",
+    "parse_columns",
     "parse_age",
     "parse_category",
     "parse_sex",
@@ -79,10 +89,11 @@ class InvalidDemographic(ValueError):
 
 
 ColumnKind = Literal["age", "sex", "category"]
+COLUMN_KINDS: tuple[ColumnKind, ...] = ("age", "sex", "category")
 
 
 def column_kind(column: str) -> ColumnKind:
-    """Which parser a column gets, from its name (case-insensitive)."""
+    """Which parser a column gets from its name alone (case-insensitive); ``"name:kind"`` overrides it."""
     name = column.lower()
     # Releases name it "age", "Age", "age_approx", "age_at_scan", ...
     # "age", "age_approx", "AgeAtScan", but not "agency": a lower-case letter after "age" ends the match.
@@ -91,6 +102,43 @@ def column_kind(column: str) -> ColumnKind:
     if name in ("sex", "gender"):
         return "sex"
     return "category"
+
+
+def parse_column(spec: str) -> tuple[str, ColumnKind]:
+    """``"PatientAge:age"`` -> ("PatientAge", "age"); ``"sex"`` -> ("sex", its kind by name)."""
+    if not isinstance(spec, str) or not spec.strip():
+        raise ValueError(f"demographic column names must be non-empty strings, got {spec!r}")
+    name, sep, kind = spec.rpartition(":")
+    if not sep:
+        name = spec.strip()
+        return name, column_kind(name)
+    name, kind = name.strip(), kind.strip().lower()
+    if kind not in COLUMN_KINDS:
+        raise ValueError(
+            f"demographic column {spec!r}: unknown kind {kind!r}; expected 'name' or 'name:kind' with kind one of "
+            f"{', '.join(COLUMN_KINDS)}"
+        )
+    if not name:
+        raise ValueError(f"demographic column {spec!r} has no column name before ':'")
+    return name, kind  # type: ignore[return-value]
+
+
+def parse_columns(specs: Iterable[str] | str) -> dict[str, ColumnKind]:
+    """{column: kind} of a `demographic_columns` list, in order; a duplicate column is an error."""
+    if isinstance(specs, str):
+        specs = [specs]  # a bare string would otherwise be split into one-letter columns
+    kinds: dict[str, ColumnKind] = {}
+    for spec in specs:
+        name, kind = parse_column(spec)
+        if name in kinds:
+            raise ValueError(f"duplicate demographic column {name!r}")
+        kinds[name] = kind
+    return kinds
+
+
+def column_names(specs: Iterable[str] | str) -> tuple[str, ...]:
+    """The dataset columns a `demographic_columns` list reads (its ``":kind"`` suffixes dropped)."""
+    return tuple(parse_columns(specs))
 
 
 def _is_nan(value: Any) -> bool:
@@ -228,13 +276,17 @@ def age_bin(age: float, bins: Sequence[float] = DEFAULT_AGE_BINS) -> str:
 
 
 def normalise_attribute(
-    column: str, value: Any, age_bins: Sequence[float] = DEFAULT_AGE_BINS, max_age: float = DEFAULT_MAX_AGE
+    column: str,
+    value: Any,
+    age_bins: Sequence[float] = DEFAULT_AGE_BINS,
+    max_age: float = DEFAULT_MAX_AGE,
+    kind: ColumnKind | None = None,
 ) -> str | None:
-    """One attribute's group ("F", "a3", ...) by the column's kind; None when missing.
+    """One attribute's group ("F", "a3", ...) by the column's kind (`kind`, else from its name); None when missing.
 
     Raises InvalidDemographic for a value that is present but invalid; `GroupKeyer.attribute` counts those.
     """
-    kind = column_kind(column)
+    kind = kind or column_kind(column)
     if kind == "age":
         age = parse_age(value, max_age=max_age)
         return None if age is None else _bin_label(age, _validate_bins(age_bins))
@@ -256,8 +308,10 @@ def domain_key(row: Mapping[str, Any], column: str | None) -> str:
 class GroupKeyer:
     """Maps rows to intersectional group keys like "sex=F|age=a3", counting missing and invalid values.
 
-    Invalid values never raise: a single bad row must not stop training. The first one per column is
-    logged as a warning and all are counted, so summary() can report data quality at the end.
+    `columns`: names or ``"name:kind"`` specs (`parse_column`); `kinds` ({name: kind}) overrides kinds too.
+    No columns is valid: every row is unlabeled. Invalid values never raise: a single bad row must not stop
+    training. The first one per column is logged as a warning and all are counted, so summary() can report
+    data quality at the end.
     """
 
     def __init__(
@@ -266,22 +320,20 @@ class GroupKeyer:
         age_bins: Sequence[float] = DEFAULT_AGE_BINS,
         max_age: float = DEFAULT_MAX_AGE,
         *,
+        kinds: Mapping[str, str] | None = None,
         warned: set[str] | None = None,
     ) -> None:
-        if isinstance(columns, str):
-            # A bare string would otherwise be split into one-letter columns.
-            columns = (columns,)
-        columns = tuple(columns)
-        if not columns:
-            raise ValueError("GroupKeyer needs at least one column")
-        for column in columns:
-            if not isinstance(column, str) or not column:
-                raise ValueError(f"column names must be non-empty strings, got {column!r}")
+        if not isinstance(columns, str) and any(not isinstance(c, str) or not c for c in columns):
+            bad = next(c for c in columns if not isinstance(c, str) or not c)
+            raise ValueError(f"column names must be non-empty strings, got {bad!r}")
+        parsed = parse_columns(columns)
+        for column, kind in (kinds or {}).items():
+            if column not in parsed:
+                raise ValueError(f"kind given for {column!r}, which is not a demographic column: {list(parsed)}")
+            parsed[column] = parse_column(f"{column}:{kind}")[1]
+        for column in parsed:
             if _KEY_SEPARATORS.search(column):
                 raise ValueError(f"column name {column!r} contains '|' or '=', which would make keys ambiguous")
-        duplicates = sorted({c for c in columns if columns.count(c) > 1})
-        if duplicates:
-            raise ValueError(f"duplicate columns: {duplicates!r}")
         if (
             isinstance(max_age, bool)
             or not isinstance(max_age, numbers.Real)
@@ -289,12 +341,12 @@ class GroupKeyer:
         ):
             raise ValueError(f"max_age must be a positive finite number, got {max_age!r}")
 
-        self.columns: tuple[str, ...] = columns
+        self.columns: tuple[str, ...] = tuple(parsed)
         self.age_bins: tuple[float, ...] = _validate_bins(age_bins)
         self.max_age: float = float(max_age)
-        self.kinds: dict[str, ColumnKind] = {c: column_kind(c) for c in columns}
-        self.invalid_counts: dict[str, int] = dict.fromkeys(columns, 0)
-        self.missing_counts: dict[str, int] = dict.fromkeys(columns, 0)
+        self.kinds: dict[str, ColumnKind] = parsed
+        self.invalid_counts: dict[str, int] = dict.fromkeys(self.columns, 0)
+        self.missing_counts: dict[str, int] = dict.fromkeys(self.columns, 0)
         self.rows_seen: int = 0
         self.rows_without_key: int = 0
         # Columns already warned about; keyers made by `sibling` share it, so a bad column warns once in all.
@@ -302,21 +354,27 @@ class GroupKeyer:
 
     @classmethod
     def from_config(cls, config: Any) -> GroupKeyer:
-        """The keyer a `FairGRPOConfig` describes (its demographic columns, age bins and max age)."""
-        return cls(config.demographic_columns, config.age_bins, config.max_age)
+        """The keyer a `FairGRPOConfig` describes (its demographic columns and kinds, age bins and max age)."""
+        kinds = getattr(config, "demographic_kinds", None)
+        return cls(config.demographic_columns, config.age_bins, config.max_age, kinds=kinds)
+
+    @property
+    def specs(self) -> list[str]:
+        """The columns as ``"name:kind"``: the same keyer wherever they are passed (audit, evaluate, inspect)."""
+        return [f"{column}:{kind}" for column, kind in self.kinds.items()]
 
     def sibling(self) -> GroupKeyer:
         """A keyer with the same rules and counts of its own, sharing this one's warnings."""
-        return type(self)(self.columns, self.age_bins, self.max_age, warned=self._warned)
+        return type(self)(self.specs, self.age_bins, self.max_age, warned=self._warned)
 
     def __repr__(self) -> str:
         name = type(self).__name__
-        return f"{name}(columns={self.columns!r}, age_bins={self.age_bins!r}, max_age={self.max_age!r})"
+        return f"{name}(columns={self.specs!r}, age_bins={self.age_bins!r}, max_age={self.max_age!r})"
 
     def attribute(self, column: str, value: Any) -> str | None:
         """Normalised value of one attribute ("F", "a3", ...); None when missing or invalid (both counted)."""
         try:
-            normalised = normalise_attribute(column, value, self.age_bins, self.max_age)
+            normalised = normalise_attribute(column, value, self.age_bins, self.max_age, self.kinds.get(column))
         except InvalidDemographic as err:
             self.invalid_counts[column] = self.invalid_counts.get(column, 0) + 1
             if column not in self._warned:
@@ -334,18 +392,18 @@ class GroupKeyer:
         return normalised
 
     def key(self, row: Mapping[str, Any]) -> str | None:
-        """Group key of one row: present attributes as "col=value" in column order, or None if none."""
-        parts = []
-        for column in self.columns:
-            # An absent column is just missing for this row; the trainer checks dataset columns up front.
-            value = self.attribute(column, row.get(column))
-            if value is not None:
-                parts.append(f"{column}={value}")
+        """Group key of one row: its attributes as "col=value" in column order; None if any is unknown.
+
+        Partly known rows are unlabeled (the module's docstring says why); every attribute is still parsed,
+        so the missing and invalid counts cover them all.
+        """
+        # An absent column is just missing for this row; the trainer checks dataset columns up front.
+        values = [self.attribute(column, row.get(column)) for column in self.columns]
         self.rows_seen += 1
-        if not parts:
+        if not values or None in values:
             self.rows_without_key += 1
             return None
-        return "|".join(parts)
+        return "|".join(f"{column}={value}" for column, value in zip(self.columns, values, strict=True))
 
     def keys(self, rows: Iterable[Mapping[str, Any]]) -> list[str | None]:
         return [self.key(row) for row in rows]

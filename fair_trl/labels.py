@@ -6,8 +6,11 @@ prompts list them as candidates, and answer extraction maps free text back onto 
 
 from __future__ import annotations
 
+import json
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
 
 __all__ = [
     "DATASET_LABELS",
@@ -19,6 +22,7 @@ __all__ = [
     "dataset_classes",
     "label_classes",
     "label_key",
+    "read_label_sets",
     "to_label_set",
 ]
 
@@ -161,3 +165,51 @@ _DATASET_ALIASES = {
     "covidblues": "covid_blues",
     "ctich": "hemorrhage",
 }
+
+
+def read_label_sets(value: Mapping[str, Any] | str | Path | None) -> dict[str, list[str]] | None:
+    """Declared label sets, {domain: [label, ...]}, from a mapping, its JSON text, or a .json/.yaml file.
+
+    None (or an empty mapping) declares none. Each set is a non-empty list of distinct label strings.
+    """
+    source = "label_sets"
+    if isinstance(value, Path) or (isinstance(value, str) and not value.lstrip().startswith("{")):
+        path = Path(value).expanduser()
+        if not str(value).strip():
+            return None
+        if not path.is_file():
+            raise ValueError(f"label_sets {str(value)!r} is neither a JSON mapping nor a file")
+        source = str(path)
+        text = path.read_text(encoding="utf-8")
+        if path.suffix.lower() in (".yaml", ".yml"):
+            import yaml
+
+            value = yaml.safe_load(text)
+        else:
+            value = _json_mapping(text, source)
+    elif isinstance(value, str):
+        value = _json_mapping(value, source)
+    if not value:
+        return None
+    if not isinstance(value, Mapping):
+        raise ValueError(f"{source}: expected a mapping {{domain: [label, ...]}}, got {type(value).__name__}")
+    out: dict[str, list[str]] = {}
+    for domain, labels in value.items():
+        if isinstance(labels, str) or not isinstance(labels, Iterable):
+            raise ValueError(f"{source}: the labels of {domain!r} must be a list of strings, got {labels!r}")
+        labels = [str(label).strip() for label in labels]
+        if not labels or any(not label for label in labels):
+            raise ValueError(f"{source}: the labels of {domain!r} must be non-empty strings, got {labels!r}")
+        keys = [label_key(label) for label in labels]
+        clash = sorted({label for label, key in zip(labels, keys, strict=True) if keys.count(key) > 1})
+        if clash:
+            raise ValueError(f"{source}: labels of {domain!r} that compare equal: {clash}")
+        out[str(domain).strip()] = labels
+    return out
+
+
+def _json_mapping(text: str, source: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{source}: not valid JSON ({err.msg}, line {err.lineno})") from None

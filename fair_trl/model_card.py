@@ -22,7 +22,14 @@ from huggingface_hub import EvalResult, ModelCardData
 from fair_trl.advantages import REGISTRY
 from fair_trl.evaluate import markdown_tables
 
-__all__ = ["ModelCardRecord", "card_hyperparameters", "method_name", "render_model_card", "write_model_card"]
+__all__ = [
+    "ModelCardRecord",
+    "adapter_settings",
+    "card_hyperparameters",
+    "method_name",
+    "render_model_card",
+    "write_model_card",
+]
 
 # (model-index metric type, compute_fairness key, display name); higher is better for the first four.
 INDEX_METRICS = (
@@ -136,6 +143,28 @@ def _as_list(names: str | Iterable[str] | None) -> list[str]:
     return [str(n) for n in names]
 
 
+def adapter_settings(model: Any) -> dict[str, Any] | None:
+    """The PEFT adapter a model trains (its type, rank, alpha, dropout, target modules), None for a full model.
+
+    Reads the `peft_config` mapping a `peft.PeftModel` carries (its first adapter, the one TRL trains).
+    """
+    configs = getattr(model, "peft_config", None)
+    if not isinstance(configs, Mapping) or not configs:
+        return None
+    config = next(iter(configs.values()))
+    settings = {"type": str(getattr(config.peft_type, "value", config.peft_type))}
+    for name in ("r", "lora_alpha", "lora_dropout", "target_modules", "modules_to_save"):
+        value = getattr(config, name, None)
+        if value is not None:
+            settings[name] = sorted(value) if isinstance(value, set | frozenset) else value
+    return settings
+
+
+def _adapter_name(adapter: Mapping[str, Any]) -> str:
+    kind = str(adapter.get("type", "adapter"))
+    return "LoRA" if kind.upper() == "LORA" else kind
+
+
 def _metadata(
     model_name: str,
     base_model: str,
@@ -146,6 +175,7 @@ def _metadata(
     fairness: Mapping[str, Mapping[str, Any]],
     eval_dataset: str | None,
     eval_split: str | None,
+    adapter: bool = False,
 ) -> str:
     eval_results = []
     if fairness:
@@ -168,7 +198,8 @@ def _metadata(
     data = ModelCardData(
         base_model=base_model if base_model_on_hub else None,
         datasets=hub_datasets or None,
-        library_name="transformers",
+        # An adapter is loaded by PEFT onto `base_model`; the Hub shows it as an adapter of that model.
+        library_name="peft" if adapter else "transformers",
         pipeline_tag="image-text-to-text",
         tags=tags,
         model_name=model_name,
@@ -188,7 +219,8 @@ class ModelCardRecord:
     ``org/name``. `hub_datasets`: which of `datasets` are Hub datasets (listed in the metadata); None:
     those that look like ``org/name``. `domains`: training rows per domain. `figures`: (caption, path
     relative to the card) of plots shown under the fairness tables; `evaluation_note`: how the evaluation
-    was produced and how to reproduce it (e.g. the ``fair-trl audit`` command).
+    was produced and how to reproduce it (e.g. the ``fair-trl audit`` command). `adapter`: the PEFT adapter's
+    settings (`adapter_settings`) when the run trained one: the repository then holds the adapter, not weights.
     """
 
     base_model: str
@@ -210,6 +242,7 @@ class ModelCardRecord:
     versions: Mapping[str, str] | None = None
     figures: Sequence[tuple[str, str]] = ()
     evaluation_note: str | None = None
+    adapter: Mapping[str, Any] | None = None
 
     @classmethod
     def build(
@@ -231,6 +264,7 @@ class ModelCardRecord:
         trained_steps: int | None,
         figures: Sequence[tuple[str, str]] = (),
         evaluation_note: str | None = None,
+        adapter: Mapping[str, Any] | None = None,
     ) -> ModelCardRecord:
         """A run's record, telling local paths from Hub ids: a name that exists on disk is local."""
         on_hub = _is_hub_id(base_model) and not Path(base_model).expanduser().exists()
@@ -257,6 +291,7 @@ class ModelCardRecord:
             versions=_versions(),
             figures=list(figures) if fairness else [],
             evaluation_note=evaluation_note if fairness else None,
+            adapter=dict(adapter) if adapter else None,
         )
 
 
@@ -276,12 +311,23 @@ def render_model_card(record: ModelCardRecord) -> str:
         hub_datasets = [d for d in dataset_list if _is_hub_id(d)]
     method_tag = _slug(display.split(" (variant:")[0])
     all_tags = ["fair-trl", "trl", "grpo", method_tag, "medical", "clinical", "fairness", "vision-language"]
+    if r.adapter:
+        all_tags += ["peft", _slug(_adapter_name(r.adapter))]
     for tag in r.tags or ():
         if tag not in all_tags:
             all_tags.append(tag)
 
     front = _metadata(
-        model_name, base_model, on_hub, dataset_list, list(hub_datasets), all_tags, fairness, eval_dataset, eval_split
+        model_name,
+        base_model,
+        on_hub,
+        dataset_list,
+        list(hub_datasets),
+        all_tags,
+        fairness,
+        eval_dataset,
+        eval_split,
+        adapter=bool(r.adapter),
     )
     base_link = f"[{base_model}](https://huggingface.co/{base_model})" if on_hub else f"`{base_model}`"
     lines = [
@@ -303,6 +349,9 @@ def render_model_card(record: ModelCardRecord) -> str:
         f"- **Method:** {display} (`advantage_estimator: {method}`): {description}",
         f"- **Data:** {', '.join(dataset_list) if dataset_list else 'not recorded'}",
     ]
+    if r.adapter:
+        settings = ", ".join(f"{k} {_fmt_value(v)}" for k, v in r.adapter.items() if k != "type")
+        lines.append(f"- **Adapter:** {_adapter_name(r.adapter)} ({settings}); this repository holds the adapter only")
     if hub_model_id:
         lines.append(f"- **Repository:** [{hub_model_id}](https://huggingface.co/{hub_model_id})")
     if domains:
@@ -339,16 +388,8 @@ def render_model_card(record: ModelCardRecord) -> str:
             lines += [f"![{caption}]({path})", ""]
     else:
         lines += ["No evaluation has been run yet: `trainer.evaluate()` on a test split fills this section.", ""]
+    lines += ["## Use", "", *_use_snippet(hub_model_id or model_name, base_model, bool(r.adapter)), ""]
     lines += [
-        "## Use",
-        "",
-        "```python",
-        "from transformers import AutoModelForImageTextToText, AutoProcessor",
-        "",
-        f'model = AutoModelForImageTextToText.from_pretrained("{hub_model_id or model_name}")',
-        f'processor = AutoProcessor.from_pretrained("{hub_model_id or model_name}")',
-        "```",
-        "",
         "Prompt it as in training: the image, the question with its candidate labels, and the instruction to think "
         "in `<think> </think>` and put the final answer in `\\boxed{}`.",
         "",
@@ -358,6 +399,28 @@ def render_model_card(record: ModelCardRecord) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _use_snippet(repository: str, base_model: str, adapter: bool) -> list[str]:
+    if not adapter:
+        return [
+            "```python",
+            "from transformers import AutoModelForImageTextToText, AutoProcessor",
+            "",
+            f'model = AutoModelForImageTextToText.from_pretrained("{repository}")',
+            f'processor = AutoProcessor.from_pretrained("{repository}")',
+            "```",
+        ]
+    return [
+        "```python",
+        "from peft import PeftModel",
+        "from transformers import AutoModelForImageTextToText, AutoProcessor",
+        "",
+        f'base = AutoModelForImageTextToText.from_pretrained("{base_model}")',
+        f'model = PeftModel.from_pretrained(base, "{repository}")  # .merge_and_unload() for plain weights',
+        f'processor = AutoProcessor.from_pretrained("{repository}")',
+        "```",
+    ]
 
 
 def card_hyperparameters(args: Any) -> dict[str, Any]:

@@ -13,10 +13,11 @@ every dataset column as keyword arguments, so they read `solution` (and `dataset
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from fair_trl.labels import SYNONYMS, label_classes, label_key
+from fair_trl.groups import ALL_DOMAINS
+from fair_trl.labels import SYNONYMS, canonical_labels, label_classes, label_key, read_label_sets, to_label_set
 
 __all__ = [
     "AccuracyReward",
@@ -28,6 +29,7 @@ __all__ = [
     "matcher_for",
     "parse_prediction",
     "split_labels",
+    "with_config_label_sets",
 ]
 
 _BOXED = re.compile(r"\\boxed\s*\{")
@@ -98,6 +100,7 @@ class LabelMatcher:
             for spelling in (label, *SYNONYMS.get(label, ())):
                 self._lookup.setdefault(label_key(spelling), label)
         self._memo: dict[str, frozenset[str]] = {}
+        self._exact_memo: dict[str, frozenset[str]] = {}
 
     def match(self, answer: str) -> frozenset[str]:
         """The labels `answer` names; parts naming none are dropped, so an answer naming no label gives {}."""
@@ -106,6 +109,17 @@ class LabelMatcher:
             if len(self._memo) >= self.memo_size:
                 self._memo.clear()
             found = self._memo[answer] = self._match(answer)
+        return found
+
+    def match_exact(self, answer: str) -> frozenset[str]:
+        """The labels `answer` names, or {} when any of its parts names no label of the set."""
+        found = self._exact_memo.get(answer)
+        if found is None:
+            if len(self._exact_memo) >= self.memo_size:
+                self._exact_memo.clear()
+            whole = self._lookup.get(label_key(answer))
+            parts = [whole] if whole is not None else [self._lookup.get(label_key(p)) for p in split_labels(answer)]
+            found = self._exact_memo[answer] = frozenset() if None in parts else frozenset(parts)  # type: ignore[arg-type]
         return found
 
     def _match(self, answer: str) -> frozenset[str]:
@@ -169,28 +183,79 @@ def completion_text(completion: Any) -> str:
 
 
 class AccuracyReward:
-    """1.0 when the predicted label set equals the reference set (`solution`), else 0.0.
+    """1.0 when the answer's label set equals the reference set, else 0.0: an answer cannot game it by listing more.
 
-    Answers that name no valid label score 0 and are counted: in `no_valid_label` over the object's
-    life, and per batch through TRL's ``log_metric`` as ``accuracy/no_valid_label_frac``.
+    The label set of a domain is, in this order: the one declared in `labels` ({domain: [label, ...]}, e.g.
+    `FairGRPOConfig.label_sets`), the built-in set of the paper's seven datasets. With a label set, the
+    answer's parts are matched through the labels' spellings and synonyms, and a part that names no label
+    of the set makes the whole answer invalid (0). Without one, the answer's parts and the reference's
+    labels are compared as sets of normalised strings (`label_key`).
+
+    TRL passes every dataset column as a keyword argument: the reference is read from `solution_column`
+    and the domain from `domain_column` (``dataset`` by default; None: the one domain ``"all"``).
+    Answers that name no valid label score 0 and are counted: in `no_valid_label` over the object's life,
+    and per batch through TRL's ``log_metric`` as ``accuracy/no_valid_label_frac``.
     """
 
     __name__ = "accuracy_reward"
 
-    def __init__(self, labels: dict[str, Sequence[str]] | None = None):
-        self.labels = dict(labels or {})
+    def __init__(
+        self,
+        labels: Mapping[str, Sequence[str]] | str | None = None,
+        *,
+        solution_column: str = "solution",
+        domain_column: str | None = "dataset",
+    ):
+        self.labels = {name: tuple(values) for name, values in (read_label_sets(labels) or {}).items()}
+        self.solution_column = solution_column
+        self.domain_column = domain_column
         self.scored = 0
         self.no_valid_label = 0
 
+    @classmethod
+    def from_config(cls, config: Any) -> AccuracyReward:
+        """The reward a `FairGRPOConfig` describes: its label_sets, solution_column and domain_column."""
+        return cls(config.label_sets, solution_column=config.solution_column, domain_column=config.domain_column)
+
+    def label_set(self, domain: Any) -> tuple[str, ...] | None:
+        """The labels `domain` may answer: declared, else built in; None when neither knows it."""
+        name = _domain_name(domain)
+        if name in self.labels:
+            return self.labels[name]
+        return canonical_labels(name) if name else None
+
     def __call__(
-        self, completions: Sequence[Any], solution: Sequence[str], dataset: Sequence[str] | None = None, **kwargs
+        self,
+        completions: Sequence[Any],
+        solution: Sequence[Any] | None = None,
+        dataset: Sequence[Any] | None = None,
+        **kwargs,
     ) -> list[float]:
+        columns = {"solution": solution, "dataset": dataset, **kwargs}
+        references = columns.get(self.solution_column)
+        if references is None:
+            available = sorted(k for k, v in columns.items() if v is not None and k != "log_metric")
+            raise ValueError(
+                f"accuracy_reward reads the reference labels from column {self.solution_column!r}, which the batch "
+                f"lacks; its columns: {available}. Set FairGRPOConfig.solution_column (or "
+                "AccuracyReward(solution_column=...)) to the column holding them"
+            )
+        domains = columns.get(self.domain_column) if self.domain_column else None
+        if domains is None:
+            domains = [ALL_DOMAINS if self.domain_column is None else None] * len(completions)
         rewards, invalid = [], 0
-        for i, (completion, reference) in enumerate(zip(completions, solution, strict=True)):
-            name = dataset[i] if dataset is not None else None
-            labels = self.labels.get(name) if name in self.labels else label_set_for(name, reference)
-            predicted = parse_prediction(completion_text(completion), labels=labels, require_markup=True)
-            truth = matcher_for(labels).match(reference) if reference else frozenset()
+        for completion, reference, domain in zip(completions, references, domains, strict=True):
+            answer = extract_answer(completion_text(completion))
+            labels = self.label_set(domain)
+            if labels is not None:
+                matcher = matcher_for(labels)
+                predicted = matcher.match_exact(answer) if answer else frozenset()
+                truth = matcher.match(_reference_text(reference))
+            else:
+                predicted = frozenset(label_key(p) for p in split_labels(answer)) if answer else frozenset()
+                truth = frozenset(label_key(r) for r in to_label_set(_reference_text(reference)))
+                if answer and len(truth) == 1 and label_key(answer) in truth:
+                    predicted = truth  # a label that itself contains a separator ("Benign and stable")
             invalid += not predicted
             rewards.append(1.0 if predicted and predicted == truth else 0.0)
         self.scored += len(rewards)
@@ -199,6 +264,40 @@ class AccuracyReward:
         if log_metric is not None and rewards:
             log_metric("accuracy/no_valid_label_frac", invalid / len(rewards))
         return rewards
+
+
+def _domain_name(domain: Any) -> str | None:
+    """A domain value as the label sets are keyed: stripped text (an integer domain column works too)."""
+    if domain is None:
+        return None
+    text = domain.decode("utf-8", errors="replace") if isinstance(domain, bytes) else str(domain)
+    return text.strip() or None
+
+
+def _reference_text(reference: Any) -> str:
+    if reference is None:
+        return ""
+    if isinstance(reference, str):
+        return reference
+    return ", ".join(str(r) for r in reference)
+
+
+def with_config_label_sets(reward_funcs: Any, config: Any) -> Any:
+    """`reward_funcs` with the shared `accuracy_reward` replaced by `AccuracyReward.from_config(config)`.
+
+    So a config's label_sets, solution_column and domain_column reach the reward a user passed by name;
+    an `AccuracyReward` built by the user is kept as it is.
+    """
+    wanted = (config.label_sets, config.solution_column, config.domain_column)
+    if wanted == (None, "solution", "dataset"):
+        return reward_funcs
+
+    def bound(func: Any) -> Any:
+        return AccuracyReward.from_config(config) if func is accuracy_reward else func
+
+    if isinstance(reward_funcs, list | tuple):
+        return type(reward_funcs)(bound(f) for f in reward_funcs)
+    return bound(reward_funcs)
 
 
 accuracy_reward = AccuracyReward()

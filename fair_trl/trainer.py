@@ -29,14 +29,16 @@ from fair_trl.checkpoint_io import ESTIMATOR_STATE_FILE, GROUP_KEYER_STATE_FILE,
 from fair_trl.checkpoints import load_converted_weights
 from fair_trl.config import FairGRPOConfig
 from fair_trl.groups import GroupKeyer, domain_key
+from fair_trl.inspection import check_columns, group_table_callback
 from fair_trl.model_card import (
     BALANCED_SAMPLER,
     WEIGHTED_SAMPLER_PREFIX,
     ModelCardRecord,
+    adapter_settings,
     card_hyperparameters,
     write_model_card,
 )
-from fair_trl.rewards import completion_text, extract_answer
+from fair_trl.rewards import completion_text, extract_answer, with_config_label_sets
 from fair_trl.rollout_fairness import Rollout, fairness_results, flatten_results
 from fair_trl.sampling import BalancedRepeatSampler, EpochRepeatSampler, balanced_weights, column_weights
 from fair_trl.train_data_size import check_train_size
@@ -65,11 +67,16 @@ class FairGRPOTrainer(GRPOTrainer):
             raise TypeError(f"FairGRPOTrainer needs args=FairGRPOConfig(...), got {type(config).__name__}")
         self.estimator_spec = get_spec(config.advantage_estimator)
         self.estimator = self.estimator_spec.factory(config)
-        _check_sampling(bound.arguments.get("train_dataset"), config)
-        if self.estimator.needs_groups or config.balanced_sampling:
-            _check_columns(bound.arguments.get("train_dataset"), config)
+        train_dataset = bound.arguments.get("train_dataset")
+        _check_sampling(train_dataset, config)
+        _check_columns(train_dataset, config)
+        if "reward_funcs" in bound.arguments:
+            bound.arguments["reward_funcs"] = with_config_label_sets(bound.arguments["reward_funcs"], config)
+        group_table = group_table_callback(train_dataset, config, config.report_to or [])
 
         super().__init__(*bound.args[1:], **bound.kwargs)
+        if group_table is not None:
+            self.add_callback(group_table)
         _check_launch(self.accelerator)
         check_train_size(self.train_dataset, self.args, self.num_generations, self.accelerator.num_processes)
         if getattr(self, "vllm_generation", None) is not None:
@@ -431,6 +438,7 @@ class FairGRPOTrainer(GRPOTrainer):
             trained_steps=self.state.global_step,
             figures=audit["figures"] if audit else (),
             evaluation_note=audit["note"] if audit else None,
+            adapter=adapter_settings(self.model),
         )
 
     # -- checkpoints ----------------------------------------------------------------------------
@@ -598,13 +606,4 @@ def _check_launch(accelerator: Any) -> None:
 
 def _check_columns(dataset: Any, config: FairGRPOConfig) -> None:
     """Fail at construction, not mid-run, when a configured column is missing from the train data."""
-    columns = getattr(dataset, "column_names", None)
-    if columns is None:  # IterableDataset with unknown features, or no dataset: checked per row later
-        return
-    wanted = ([config.domain_column] if config.domain_column else []) + list(config.demographic_columns)
-    for column in wanted:
-        if column not in columns:
-            field = "domain_column" if column == config.domain_column else "demographic_columns"
-            raise ValueError(
-                f"train_dataset has no column {column!r} (FairGRPOConfig.{field}); its columns are {sorted(columns)}"
-            )
+    check_columns(getattr(dataset, "column_names", None), config)

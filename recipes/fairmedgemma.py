@@ -176,6 +176,11 @@ def main(script_args: FairMedGemmaScriptArguments, training_args: FairGRPOConfig
         padding_side="left",
     )
 
+    if model_args.use_peft and not model_args.lora_target_modules and not model_args.lora_target_parameters:
+        # PEFT has no default LoRA targets for Gemma 3 (MedGemma): it would refuse to start. Every linear
+        # layer is what Google's MedGemma fine-tuning notebook adapts.
+        model_args.lora_target_modules = "all-linear"
+
     train_dataset, eval_dataset, data_name = load_splits(script_args, training_args.seed)
     if eval_dataset is not None and script_args.max_eval_samples is not None:
         count = min(script_args.max_eval_samples, len(eval_dataset))

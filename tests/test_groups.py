@@ -9,8 +9,10 @@ from fair_trl.groups import (
     InvalidDemographic,
     age_bin,
     column_kind,
+    column_names,
     parse_age,
     parse_category,
+    parse_columns,
     parse_sex,
 )
 
@@ -308,13 +310,14 @@ def test_column_kind(column, kind):
         ({"sex": "F", "age": 60}, "sex=F|age=a3"),
         ({"sex": "male", "age": "053Y"}, "sex=M|age=a3"),
         ({"sex": "Female", "age": " 25 "}, "sex=F|age=a1"),
-        ({"sex": "F", "age": None}, "sex=F"),
-        ({"sex": "F", "age": 0}, "sex=F"),
-        ({"sex": "F"}, "sex=F"),
-        ({"sex": "U", "age": 80}, "age=a4"),
-        ({"sex": "Other", "age": 80}, "age=a4"),
+        # Partly known rows are unlabeled: a key of their known part would be a small group of its own.
+        ({"sex": "F", "age": None}, None),
+        ({"sex": "F", "age": 0}, None),
+        ({"sex": "F"}, None),
+        ({"sex": "U", "age": 80}, None),
+        ({"sex": "Other", "age": 80}, None),
         ({"sex": None, "age": "unknown"}, None),
-        ({"sex": "F", "age": -5}, "sex=F"),
+        ({"sex": "F", "age": -5}, None),
         ({}, None),
         ({"sex": "M", "age": 30, "extra": "ignored"}, "sex=M|age=a2"),
     ],
@@ -338,6 +341,7 @@ def test_key_uses_configured_column_names_verbatim():
 
 def test_key_with_custom_bins_and_max_age():
     keyer = GroupKeyer(columns=["age"], age_bins=(40,), max_age=100)
+    assert keyer.kinds == {"age": "age"}
     assert keyer.keys([{"age": 40}, {"age": 41}, {"age": 101}]) == ["age=a1", "age=a2", None]
     assert keyer.invalid_counts == {"age": 1}
 
@@ -376,7 +380,6 @@ def test_attribute(column, value, expected):
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"columns": []}, "at least one"),
         ({"columns": ["sex", "sex"]}, "duplicate"),
         ({"columns": ["a|b"]}, "a|b"),
         ({"columns": ["a=b"]}, "a=b"),
@@ -411,7 +414,7 @@ def test_invalid_values_counted_and_warned_once_per_column(caplog):
     with caplog.at_level(logging.WARNING, logger=LOGGER):
         keys = keyer.keys(rows)
 
-    assert keys == ["race=White", None, "race=Asian", "sex=F", "sex=M|age=a2|race=Black"]
+    assert keys == [None, None, None, None, "sex=M|age=a2|race=Black"]
     assert keyer.invalid_counts == {"sex": 3, "age": 4, "race": 0}
     assert keyer.missing_counts == {"sex": 0, "age": 0, "race": 2}
 
@@ -451,7 +454,7 @@ def test_missing_counted_separately_and_absent_column_is_missing(caplog):
     ]
     with caplog.at_level(logging.WARNING, logger=LOGGER):
         keys = keyer.keys(rows)
-    assert keys == [None, None, None, None, "sex=F", None, "sex=F|age=a2"]
+    assert keys == [None, None, None, None, None, None, "sex=F|age=a2"]
     assert keyer.missing_counts == {"sex": 5, "age": 6}
     assert keyer.invalid_counts == {"sex": 0, "age": 0}
     # Missing is normal in clinical data: no warnings for it.
@@ -470,7 +473,7 @@ def test_summary():
     summary = keyer.summary()
     assert summary == {
         "rows": 3,
-        "rows_without_key": 1,
+        "rows_without_key": 2,
         "missing": {"sex": 0, "age": 1},
         "invalid": {"sex": 1, "age": 1},
     }
@@ -503,8 +506,8 @@ def test_from_config_and_sibling_share_warnings_but_not_counts(caplog):
     assert keyer.columns == ("sex", "age") and keyer.age_bins == (30.0, 60.0) and keyer.max_age == 100.0
     sibling = keyer.sibling()
     with caplog.at_level(logging.WARNING, logger="fair_trl.groups"):
-        assert keyer.key({"sex": "X", "age": 20}) == "age=a1"
-        assert sibling.key({"sex": "Y", "age": 70}) == "age=a3"
+        assert keyer.key({"sex": "X", "age": 20}) is None
+        assert sibling.key({"sex": "Y", "age": 70}) is None
     assert sum("Column 'sex' has an invalid value" in r.getMessage() for r in caplog.records) == 1
     assert keyer.summary()["invalid"]["sex"] == 1 and sibling.summary()["invalid"]["sex"] == 1
     # A resumed keyer restores its warnings in place, so its siblings still share them.
@@ -520,3 +523,63 @@ def test_domain_key_is_the_one_rule_for_domains():
         assert domain_key({"dataset": blank}, "dataset") == UNKNOWN
     assert domain_key({}, "dataset") == UNKNOWN
     assert domain_key({"dataset": "ham10000"}, None) == ALL_DOMAINS
+
+
+# --- column kinds ("name:kind") and the partly-missing policy --------------------------------------
+
+
+def test_declared_kinds_parse_clinical_column_names():
+    # By name, PatientAge and PatientSex are free categories: 34 and 35 would be two groups, "053Y" a third.
+    assert column_kind("PatientAge") == "category" and column_kind("PatientSex") == "category"
+    keyer = GroupKeyer(["PatientSex:sex", "PatientAge:age"])
+    assert keyer.columns == ("PatientSex", "PatientAge")
+    assert keyer.kinds == {"PatientSex": "sex", "PatientAge": "age"}
+    rows = [
+        {"PatientSex": "M", "PatientAge": 34},
+        {"PatientSex": "male", "PatientAge": "035Y"},
+        {"PatientSex": "F", "PatientAge": "053Y"},
+        {"PatientSex": "F", "PatientAge": 0},
+    ]
+    assert keyer.keys(rows) == [
+        "PatientSex=M|PatientAge=a2",
+        "PatientSex=M|PatientAge=a2",
+        "PatientSex=F|PatientAge=a3",
+        None,
+    ]
+    assert keyer.missing_counts == {"PatientSex": 0, "PatientAge": 1}
+    # A kind overrides the name rule both ways: an "age" column read as a category keeps its values.
+    assert GroupKeyer(["age:category"]).key({"age": "34"}) == "age=34"
+
+
+@pytest.mark.parametrize("spec", ["PatientAge:years", "PatientAge:", "sex:Gender"])
+def test_unknown_kind_names_the_choices(spec):
+    with pytest.raises(ValueError, match=r"unknown kind .*age, sex, category"):
+        GroupKeyer([spec])
+
+
+def test_kind_specs_round_trip_and_mapping():
+    keyer = GroupKeyer(["PatientAge:age", "site"], kinds={"site": "category"})
+    assert keyer.specs == ["PatientAge:age", "site:category"]
+    assert GroupKeyer(keyer.specs).kinds == keyer.kinds
+    assert keyer.sibling().kinds == keyer.kinds
+    assert parse_columns(["a:AGE", "b"]) == {"a": "age", "b": "category"}
+    assert column_names(["PatientAge:age", "sex"]) == ("PatientAge", "sex")
+    with pytest.raises(ValueError, match="not a demographic column"):
+        GroupKeyer(["age"], kinds={"agee": "age"})
+    with pytest.raises(ValueError, match="duplicate"):
+        GroupKeyer(["age", "age:age"])
+
+
+def test_no_columns_means_every_row_unlabeled():
+    keyer = GroupKeyer([])
+    assert keyer.columns == () and keyer.keys([{"sex": "F", "age": 30}, {}]) == [None, None]
+    assert keyer.summary()["rows_without_key"] == 2
+
+
+def test_partly_missing_rows_are_unlabeled_but_their_known_attribute_still_counts():
+    keyer = GroupKeyer(["sex", "age"])
+    row = {"sex": "F", "age": None}
+    # The training key: none (FairGRPO's latent groups), so missingness makes no small group of its own ...
+    assert keyer.key(row) is None
+    # ... while the per-attribute metrics still see sex=F.
+    assert keyer.attribute("sex", row["sex"]) == "F"

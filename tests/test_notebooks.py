@@ -164,3 +164,45 @@ def test_audit_and_compare_runs_both_commands_on_the_tiny_vlm_and_shows_the_plot
         }
     assert (work / "a-vs-b" / "compare.md").read_text().count("ΔF1") == 2
     assert not list((tmp_path / "cwd").iterdir())  # nothing lands next to the notebook
+
+
+def test_your_own_data_inspects_trains_and_audits_a_generated_csv(kernel_dirs, tmp_path, monkeypatch):
+    steps = 3
+    monkeypatch.setenv("FAIR_TRL_BYOD_ROWS", "120")
+    monkeypatch.setenv("FAIR_TRL_BYOD_STEPS", str(steps))
+    monkeypatch.setenv("FAIR_TRL_BYOD_BOOTSTRAP", "20")
+    probe = """{
+        "prefix": _sys.prefix,
+        "csv_rows": len(table),
+        "ages": sorted(set(table["PatientAge"]))[:3],
+        "groups": {site: [g["group"] for g in d["groups"]] for site, d in inspection["domains"].items()},
+        "label_sources": {site: d["label_source"] for site, d in inspection["domains"].items()},
+        "scores": [float(s) for s in scores],
+        "splits": {side: len(split) for side, split in data.items()},
+        "train_patients": sorted(set(data["train"]["PatientID"])),
+        "test_patients": sorted(set(data["test"]["PatientID"])),
+        "global_step": trainer.state.global_step,
+        "demographic_columns": list(trainer.args.demographic_columns),
+        "estimator_step": trainer.fair_estimator.step,
+        "audit_samples": audit_report["samples"],
+        "audit_attributes": sorted(audit_report["attributes"]),
+    }"""
+    nb, facts = execute("04_your_own_data.ipynb", kernel_dirs, tmp_path, monkeypatch, probe)
+
+    assert facts["csv_rows"] == 120 and "" in facts["ages"]  # blank ages are in the file, as in a lab's
+    for site, groups in facts["groups"].items():
+        assert facts["label_sources"][site] == "declared"
+        # Declared kinds: ages binned a1-a4 (from "053Y" and plain years alike), sexes read as F/M.
+        assert "unknown (latent groups)" in groups
+        labelled = [g for g in groups if g != "unknown (latent groups)"]
+        assert labelled and all(
+            g.split("|")[0] in {f"PatientAge=a{i}" for i in range(1, 5)} and g.split("|")[1] in {"PatientSex=F",
+            "PatientSex=M"} for g in labelled
+        )  # fmt: skip
+    assert facts["scores"] == [1.0, 0.0, 0.0]  # listing every label never scores
+    assert sum(facts["splits"].values()) == 120
+    assert not set(facts["train_patients"]) & set(facts["test_patients"])
+    assert facts["global_step"] == steps == facts["estimator_step"]
+    assert facts["audit_samples"] == facts["splits"]["test"]
+    assert facts["audit_attributes"] == ["PatientAge", "PatientSex"]
+    assert outputs(nb, "image/png"), "the audit's per-group F1 plot is not shown"

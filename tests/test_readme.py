@@ -67,3 +67,58 @@ def test_make_demo_leaves_the_reference_report_alone():
     from fair_trl.cli import DemoOptions
 
     assert not DemoOptions().output_dir.startswith("reports")
+
+
+def write_patient_csv(folder: Path, rows: int = 60) -> None:
+    """A `cxr.csv` of image paths, labels, PatientAge ("034Y", plain years or blank), PatientSex and PatientID."""
+    import csv
+
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    (folder / "images").mkdir()
+    with open(folder / "cxr.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["image_path", "label", "PatientAge", "PatientSex", "PatientID", "dataset"])
+        for i in range(rows):
+            path = f"images/{i:04d}.png"
+            Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(folder / path)
+            age, sex = ["034Y", "061Y", "", "45", "78"][i % 5], ["F", "M", "M", "F", ""][i % 4]
+            writer.writerow([path, ["Normal", "Pneumonia"][i % 2], age, sex, f"p{i // 2}", "chest_xray"])
+
+
+def test_bring_your_own_data_runs_as_written(tmp_path, monkeypatch):
+    """The section's commands and code, in order, on a generated CSV: inspect, train, audit."""
+    import json
+    import shlex
+    import subprocess
+    import sys
+
+    section = README.read_text().split("## Bring your own data\n", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```(bash|python)\n(.*?)```", section, flags=re.DOTALL)
+    assert [kind for kind, _ in blocks] == ["bash", "python", "bash"]
+    write_patient_csv(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    fair_trl = str(Path(sys.executable).parent / "fair-trl")
+    for kind, code in blocks:
+        if kind == "python":
+            (tmp_path / "byod.py").write_text(code)
+            runpy.run_path(str(tmp_path / "byod.py"), run_name="__main__")
+            continue
+        command = shlex.split(code.replace("\\\n", " "))
+        assert command[0] == "fair-trl"
+        run = subprocess.run([fair_trl, *command[1:]], capture_output=True, text=True, timeout=600)
+        assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+
+    domain = json.loads((tmp_path / "cxr_inspect.json").read_text())["domains"]["chest_xray"]
+    assert domain["label_set"] == ["Normal", "Pneumonia"] and domain["label_source"] == "declared"
+    groups = {g["group"]: g["prompts"] for g in domain["groups"]}
+    # 034Y and 45 land in a2, 061Y in a3, 78 in a4; a blank age or sex leaves the row unlabeled.
+    assert groups["PatientAge=a2|PatientSex=F"] == 12 and groups["unknown (latent groups)"] == 12
+    assert (tmp_path / "cxr-fairgrpo" / "model.safetensors").is_file()
+    fairness = json.loads((tmp_path / "cxr-audit" / "fairness.json").read_text())
+    assert set(fairness["attributes"]) == {"PatientAge", "PatientSex"}
+    from datasets import load_from_disk
+
+    assert fairness["samples"] == len(load_from_disk(str(tmp_path / "cxr_data"))["test"])  # the held-out patients

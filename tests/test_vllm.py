@@ -80,6 +80,16 @@ def _hf_logprobs(model, token_ids: list[int], **inputs) -> torch.Tensor:
     return logprobs.gather(1, torch.tensor(token_ids[1:])[:, None])[:, 0]
 
 
+def _text_prompt_ids(tokenizer) -> list[int]:
+    """A fixed chat prompt's token ids, the sequence on which vLLM and transformers are compared."""
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "Classify case 3 : Normal or Pneumonia ?"}],
+        add_generation_prompt=True,
+        tokenize=False,
+    )
+    return tokenizer(text)["input_ids"]
+
+
 def _record_syncs(trainer) -> list[dict[str, torch.Tensor]]:
     """The trained model's weights at each weight sync: vLLM serves the last of them, not the final step's
     update (TRL syncs before generating, so the last optimizer step is never sent)."""
@@ -119,19 +129,55 @@ def test_text_model_trains_in_colocate_mode_and_vllm_holds_the_trained_weights(t
     assert sum(s.prompts for s in estimator.domain_stats.values()) == 3 * 2  # 2 prompts a step
     assert any(entry.get("fair/weight/chexpert") for entry in trainer.state.log_history)
 
-    tokenizer = trainer.processing_class
-    text = tokenizer.apply_chat_template(
-        [{"role": "user", "content": "Classify case 3 : Normal or Pneumonia ?"}],
-        add_generation_prompt=True,
-        tokenize=False,
-    )
-    sequence = tokenizer(text)["input_ids"]
+    sequence = _text_prompt_ids(trainer.processing_class)
     served = _vllm_logprobs(trainer, sequence)
     trained = _hf_logprobs(_as_synced(AutoModelForCausalLM.from_pretrained(model_dir), synced), sequence)
     initial = _hf_logprobs(AutoModelForCausalLM.from_pretrained(model_dir), sequence)
     gap, moved = (served - trained).abs().max().item(), (served - initial).abs().max().item()
     assert gap < SYNC_TOLERANCE, f"vLLM is {gap:.4f} from the synced weights"
     assert moved > MOVED_AT_LEAST, f"vLLM is only {moved:.4f} from the initial weights"
+    _release(trainer)
+
+
+def test_lora_in_colocate_mode_vllm_samples_from_the_merged_weights(tmp_path):
+    """With a LoRA adapter TRL merges it into the base weights for each sync, sends them under the base model's
+    names and unmerges: vLLM must then serve base + adapter, not the frozen base model."""
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    _skip_unless_cpu_backend()
+    model_dir = str(save_tiny_model(tmp_path / "text", kind="text", vllm_compatible=True))
+    trainer = FairGRPOTrainer(
+        model=model_dir,
+        reward_funcs=length_reward,
+        args=_vllm_args(tmp_path),
+        train_dataset=text_dataset(),
+        peft_config=LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", task_type="CAUSAL_LM"),
+    )
+    assert isinstance(trainer.model, PeftModel)
+    synced = _record_syncs(trainer)
+    trainer.train()
+    assert len(synced) == 3 and trainer.fair_estimator.step == 3
+    # The adapter is unmerged again after every sync: the base weights are back where they were, up to the
+    # float32 rounding of W + BA - BA (TRL merges in place; measured up to about 1e-8 here).
+    base = AutoModelForCausalLM.from_pretrained(model_dir).state_dict()
+    drift = max(
+        (tensor - base[name.replace(".base_layer", "")]).abs().max().item()
+        for name, tensor in trainer.model.get_base_model().state_dict().items()
+        if "lora_" not in name
+    )
+    print(f"base weights after 3 merge/unmerge syncs: at most {drift:.2e} from the initial ones")
+    assert drift < 1e-5
+
+    sequence = _text_prompt_ids(trainer.processing_class)
+    served = _vllm_logprobs(trainer, sequence)
+    # A fresh model of the same adapter layout holding the state of the last sync, merged as TRL merges it.
+    adapted = get_peft_model(AutoModelForCausalLM.from_pretrained(model_dir), trainer.model.peft_config["default"])
+    merged = _hf_logprobs(_as_synced(adapted, synced).merge_and_unload(), sequence)
+    initial = _hf_logprobs(AutoModelForCausalLM.from_pretrained(model_dir), sequence)
+    gap, moved = (served - merged).abs().max().item(), (served - initial).abs().max().item()
+    print(f"LoRA colocate: vLLM is {gap:.4f} from the merged synced weights and {moved:.4f} from the base model")
+    assert gap < SYNC_TOLERANCE, f"vLLM is {gap:.4f} from the merged synced weights"
+    assert moved > MOVED_AT_LEAST, f"vLLM is only {moved:.4f} from the base model: the adapter never reached it"
     _release(trainer)
 
 

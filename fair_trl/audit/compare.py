@@ -18,6 +18,7 @@ from typing import Any
 
 from fair_trl.audit.report import CONFIDENCE, interval, score
 from fair_trl.evaluate import Predictions, read_predictions
+from fair_trl.groups import column_names
 from fair_trl.metrics import bootstrap_summaries, compute_fairness
 
 __all__ = ["CHANGED_METRICS", "COMPARE_FILES", "align", "compare_files", "render_markdown", "write_comparison"]
@@ -118,7 +119,7 @@ def compare_files(
             f"compare needs bootstrap resamples for its intervals: --bootstrap must be >= 1, got {n_bootstrap}"
         )
     a, b = read_predictions(a_path), read_predictions(b_path)
-    align(a, a_path, b, b_path, attributes)
+    align(a, a_path, b, b_path, column_names(attributes))
     scored_a = score(a, a_path, attributes, age_bins, max_age)
     scored_b = score(b, b_path, attributes, age_bins, max_age)
     classes = scored_a.classes
@@ -128,8 +129,7 @@ def compare_files(
         "bootstrap": {"resamples": n_bootstrap, "confidence": CONFIDENCE, "seed": seed},
         "attributes": {},
     }
-    for attribute in attributes:
-        groups = scored_a.groups[attribute]
+    for attribute, groups in scored_a.groups.items():
         common = (scored_a.references, scored_a.datasets, groups, classes)
         result_a = compute_fairness(scored_a.predictions, *common)
         result_b = compute_fairness(scored_b.predictions, *common)

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fair_trl.groups import column_names
+
 __all__ = ["SYNTHETIC", "AuditRows", "decode_image", "load_rows", "prepare_rows"]
 
 SYNTHETIC = "synthetic"
@@ -139,6 +141,7 @@ def prepare_rows(
     from datasets import Sequence as SequenceFeature
 
     columns = list(dataset.column_names)
+    attributes = column_names(attributes)
     needed = [PROMPT_COLUMN, SOLUTION_COLUMN, *attributes] + ([id_column] if id_column else [])
     missing = [c for c in needed if c not in columns]
     if missing:

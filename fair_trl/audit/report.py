@@ -85,10 +85,12 @@ def score(
     attributes: Sequence[str],
     age_bins: Sequence[float] | None = None,
     max_age: float | None = None,
+    label_sets: Mapping[str, Sequence[str]] | None = None,
 ) -> Scored:
     """`score_predictions` with the training defaults for the age bins and the largest valid age."""
     bins = DEFAULT_AGE_BINS if age_bins is None else age_bins
-    return score_predictions(data, path, attributes, bins, DEFAULT_MAX_AGE if max_age is None else max_age)
+    max_age = DEFAULT_MAX_AGE if max_age is None else max_age
+    return score_predictions(data, path, attributes, bins, max_age, label_sets)
 
 
 def _worst_cell(result: Mapping[str, Any]) -> tuple[str, str] | None:
@@ -108,6 +110,7 @@ def audit_report(
     seed: int = 0,
     age_bins: Sequence[float] | None = None,
     max_age: float | None = None,
+    label_sets: Mapping[str, Sequence[str]] | None = None,
 ) -> dict[str, Any]:
     """`fair-trl evaluate`'s report of `predictions_path` plus intervals, per-group F1 intervals and confusion.
 
@@ -117,10 +120,9 @@ def audit_report(
     ``empty_generations`` and ``bootstrap``.
     """
     data = read_predictions(predictions_path)
-    scored = score(data, predictions_path, attributes, age_bins, max_age)
+    scored = score(data, predictions_path, attributes, age_bins, max_age, label_sets)
     results, group_ci, overall_ci, worst = {}, {}, {}, {}
-    for attribute in attributes:
-        groups = scored.groups[attribute]
+    for attribute, groups in scored.groups.items():
         result = compute_fairness(scored.predictions, scored.references, scored.datasets, groups, scored.classes)
         draws = [
             d[0]

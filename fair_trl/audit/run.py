@@ -26,6 +26,8 @@ from fair_trl.audit.backends import (
 from fair_trl.audit.fingerprint import audit_fingerprint
 from fair_trl.audit.inputs import SOLUTION_COLUMN, AuditRows, load_rows
 from fair_trl.audit.store import PREDICTIONS_FILE, PredictionStore
+from fair_trl.groups import column_names
+from fair_trl.labels import read_label_sets
 
 __all__ = [
     "MANIFEST_FILE",
@@ -84,9 +86,12 @@ class AuditSettings:
     plots: bool = True
     overwrite: bool = False
     progress: bool = True
+    label_sets: dict[str, list[str]] | None = None  # scoring only: a rerun may declare them without answering again
 
     def __post_init__(self) -> None:
         self.attributes = tuple(self.attributes)
+        column_names(self.attributes)  # an unknown kind fails before anything is answered
+        self.label_sets = read_label_sets(self.label_sets)
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.limit is not None and self.limit < 1:
@@ -318,6 +323,7 @@ def write_audit_report(settings: AuditSettings, progress: AuditProgress) -> tupl
         seed=settings.seed,
         age_bins=settings.age_bins,
         max_age=settings.max_age,
+        label_sets=settings.label_sets,
     )
     info = {
         "settings": {**settings.manifest(), "batch_size": settings.batch_size, "limit": settings.limit},

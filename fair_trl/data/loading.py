@@ -41,8 +41,17 @@ def _looks_like_path(source: str | Path) -> bool:
     return source.startswith(("/", "./", "../", "~", "\\")) or Path(source).exists()
 
 
+# A single data file, by suffix: the `datasets` builder that reads it (its rows are the one split "train").
+DATA_FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
+
+
 def load_split(source: str | Path, split: str = "train") -> Dataset:
-    """One split of a saved dataset directory, a local data-file folder or a Hub dataset."""
+    """One split of a saved dataset directory, a jsonl/CSV/parquet file, a local data-file folder or a Hub dataset."""
+    suffix = Path(str(source)).suffix.lower()
+    if suffix in DATA_FILE_BUILDERS and Path(source).expanduser().is_file():
+        return datasets.load_dataset(
+            DATA_FILE_BUILDERS[suffix], data_files=str(Path(source).expanduser()), split="train"
+        )
     if is_saved_dataset(source):
         loaded = datasets.load_from_disk(str(source))
         if isinstance(loaded, DatasetDict):
