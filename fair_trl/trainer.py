@@ -83,7 +83,7 @@ class FairGRPOTrainer(GRPOTrainer):
             adapt_vllm_generation(self.vllm_generation, self._model_type())
 
         self.group_keyer = GroupKeyer.from_config(config)
-        self.checkpoint_files = CheckpointFiles(group_settings(config, self.estimator_spec.config_fields))
+        self.checkpoint_files = CheckpointFiles(group_settings(config, self.estimator_spec.config_fields(config)))
         # Whether the batch being scored started in training or evaluation (see _generate_and_score_completions).
         self._scoring_mode = "train"
         # The checkpointed states as they were when the current generation batch began, kept only when a
