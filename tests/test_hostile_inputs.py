@@ -121,12 +121,14 @@ def test_group_values_with_commas_and_pipes_keep_keys_unambiguous():
     rows = [
         {"race": "White, Hispanic", "site": "A|B", "sex": "F"},
         {"race": "White", "site": "Hispanic|A, B", "sex": "F"},  # same characters, other split
-        {"race": "a=b", "site": " x | y ", "sex": "F|M"},  # "F|M" is not a sex
+        {"race": "a=b", "site": " x | y ", "sex": "M"},
     ]
     keys = keyer.keys(rows)
     assert keys[0] == "race=White, Hispanic|site=A_B|sex=F"
     assert keys[1] == "race=White|site=Hispanic_A, B|sex=F"
-    assert keys[2] == "race=a_b|site=x _ y"
+    assert keys[2] == "race=a_b|site=x _ y|sex=M"
+    # "F|M" is not a sex: the row is unlabeled, so no key carries the separator.
+    assert keyer.key({"race": "a", "site": "b", "sex": "F|M"}) is None
     assert keyer.summary()["invalid"] == {"race": 0, "site": 0, "sex": 1}
     for key, row in zip(keys, rows, strict=True):
         # Splitting on "|" then the first "=" gives back one part per present column.

@@ -190,7 +190,12 @@ def test_training_never_rewards_a_completion_that_lists_every_label(text_model_d
 
     from fair_trl import FairGRPOConfig, FairGRPOTrainer, accuracy_reward
 
-    answers = [ALL_LABELS, r"<think>x</think>\boxed{Normal}", r"<think>x</think>\boxed{Covid}", r"\boxed{Covid, Normal}"]
+    answers = [
+        ALL_LABELS,
+        r"<think>x</think>\boxed{Normal}",
+        r"<think>x</think>\boxed{Covid}",
+        r"\boxed{Covid, Normal}",
+    ]
 
     def rollout(prompts, trainer):
         # Each prompt's G completions in order: the one listing every label, the right one, two wrong ones.
@@ -212,7 +217,9 @@ def test_training_never_rewards_a_completion_that_lists_every_label(text_model_d
     n = 8
     data = Dataset.from_dict(
         {
-            "prompt": [[{"role": "user", "content": f"Chest X-ray {i}: Normal, Pneumonia or Covid?"}] for i in range(n)],
+            "prompt": [
+                [{"role": "user", "content": f"Chest X-ray {i}: Normal, Pneumonia or Covid?"}] for i in range(n)
+            ],
             "solution": ["Normal"] * n,
             "dataset": ["cxr_site_a"] * n,
             "sex": ["F", "M"] * (n // 2),
