@@ -43,7 +43,8 @@ def grpo(
     elif scale_rewards == "batch":
         std = nanstd(rewards).expand_as(rewards) if rewards.numel() > 1 else torch.zeros_like(rewards)
         advantages = advantages / (std + eps)
-    return torch.nan_to_num(advantages, nan=0.0)
+    # nanstd computes in float32 or wider: hand back the rewards' own dtype, as TRL's loss expects.
+    return torch.nan_to_num(advantages, nan=0.0).to(rewards.dtype)
 
 
 class GRPOAdvantage:
