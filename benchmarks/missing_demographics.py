@@ -8,8 +8,10 @@ the benchmark's planted disadvantaged groups), the same draws under both rules:
 
 * ``known-part`` (the rule before): a row's key is its known attributes, so a row lacking sex gets the
   key ``age=a2``, a small group of its own;
-* ``complete-or-unlabeled`` (`fair_trl.groups.GroupKeyer` now): a row lacking any configured attribute
-  is unlabeled and joins the latent groups of its domain.
+* ``unlabeled``: a row lacking any attribute has no key and joins the latent groups of its domain
+  (`GroupKeyer.key` before `fit`; shown because latent groups are small too);
+* ``fitted`` (the policy: `GroupKeyer` fitted on the train rows, as the trainer does): a row lacking an
+  attribute its domain records takes the most common complete group of its domain that agrees with it.
 
 The weight of a prompt is its FairGRPO factor |A / s| (what ``fair/weight`` averages). Printed per rule:
 the mean weight of the partly-unknown prompts, the mean weight of complete prompts of their true groups
@@ -48,7 +50,8 @@ def known_part_key(keyer: GroupKeyer, row: Mapping[str, Any]) -> str | None:
 
 RULES: dict[str, Callable[[GroupKeyer, Mapping[str, Any]], str | None]] = {
     "known-part": known_part_key,
-    "complete-or-unlabeled": lambda keyer, row: keyer.key(row),
+    "unlabeled": lambda keyer, row: keyer.key(row),
+    "fitted": lambda keyer, row: keyer.key(row, row["dataset"]),
 }
 
 
@@ -74,6 +77,8 @@ def measure(rows: list[dict[str, Any]], rule: str, steps: int, seed: int, warmup
     """Mean weight of partly-unknown prompts and of complete prompts of the same true groups, under `rule`."""
     rng = np.random.default_rng(seed)
     keyer = GroupKeyer(COLUMNS)
+    if rule == "fitted":
+        keyer.fit(rows, [row["dataset"] for row in rows])
     estimator = FairGRPOAdvantage()
     complete_weights: dict[tuple[str, str], list[float]] = defaultdict(list)
     partial_weights: list[tuple[tuple[str, str], float]] = []

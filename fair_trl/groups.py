@@ -7,11 +7,14 @@ public clinical releases actually contain:
 
 * Missing demographics are written as blanks, ``"unknown"``/``"n/a"``-style tokens, NaN, or an age of 0
   (a placeholder, not a newborn). Missing means "unknown", neither its own group nor an error.
-* A row with *any* configured attribute unknown has no group key (None): FairGRPO puts it in the latent
-  groups of its domain, like a row with no demographics. Keying it by its known part (``age=a2`` for a
+* Partly missing demographics (the policy): a group key holds the attributes the row's domain records
+  (known in at least one of its train rows; COVID-BLUES records no sex, so its keys are ages). A row
+  with some of them unknown takes the most common complete group of its domain that agrees with what is
+  known (`GroupKeyer.fit`); with none known, or none that agrees, or before `fit`, it has no key (None)
+  and FairGRPO puts it in the latent groups of its domain. Keying it by its known part (``age=a2`` for a
   row lacking sex) would make a small group of its own that FairGRPO's sqrt(N) temperature boosts for
-  being small, not for being disadvantaged. Per-attribute metrics (`GroupKeyer.attribute`) still use
-  every known value.
+  being small, not for being disadvantaged; benchmarks/missing_demographics.py measures the weights.
+  Per-attribute metrics (`GroupKeyer.attribute`) still use every known value.
 * Invalid values (negative or implausibly large ages, free text, unknown sex codes) are data bugs. They
   must not crash a long training run, so they are counted, logged once per column, and then treated as
   missing.
@@ -24,10 +27,12 @@ from __future__ import annotations
 
 import bisect
 import functools
+import itertools
 import logging
 import math
 import numbers
 import re
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Literal
 
@@ -351,6 +356,10 @@ class GroupKeyer:
         self.rows_without_key: int = 0
         # Columns already warned about; keyers made by `sibling` share it, so a bad column warns once in all.
         self._warned: set[str] = set() if warned is None else warned
+        # What `fit` learnt from the train data: per domain the columns it records, and for (domain, the
+        # known part of a partly known row) the most common complete group that agrees with it.
+        self.recorded: dict[str, tuple[str, ...]] = {}
+        self.imputed: dict[tuple[str, str], str] = {}
 
     @classmethod
     def from_config(cls, config: Any) -> GroupKeyer:
@@ -365,7 +374,38 @@ class GroupKeyer:
 
     def sibling(self) -> GroupKeyer:
         """A keyer with the same rules and counts of its own, sharing this one's warnings."""
-        return type(self)(self.specs, self.age_bins, self.max_age, warned=self._warned)
+        keyer = type(self)(self.specs, self.age_bins, self.max_age, warned=self._warned)
+        keyer.recorded, keyer.imputed = self.recorded, self.imputed
+        return keyer
+
+    def fit(self, rows: Iterable[Mapping[str, Any]], domains: Iterable[str]) -> None:
+        """Learn from the train rows which columns each domain records and the group a partly known row takes.
+
+        Values are parsed without being counted or warned about: `key` counts them when it meets them.
+        """
+        by_domain: dict[str, list[tuple[str | None, ...]]] = {}
+        for row, domain in zip(rows, domains, strict=True):
+            by_domain.setdefault(domain, []).append(tuple(self._parsed(c, row.get(c)) for c in self.columns))
+        self.recorded, self.imputed = {}, {}
+        for domain, values in by_domain.items():
+            recorded = [i for i in range(len(self.columns)) if any(v[i] is not None for v in values)]
+            self.recorded[domain] = tuple(self.columns[i] for i in recorded)
+            complete = Counter(
+                tuple(f"{self.columns[i]}={v[i]}" for i in recorded)
+                for v in values
+                if all(v[i] is not None for i in recorded)
+            )
+            # Most common first (ties by key, so every process and every run agrees): setdefault keeps it.
+            for parts, _ in sorted(complete.items(), key=lambda item: (-item[1], item[0])):
+                for size in range(1, len(parts)):
+                    for known in itertools.combinations(parts, size):
+                        self.imputed.setdefault((domain, "|".join(known)), "|".join(parts))
+
+    def _parsed(self, column: str, value: Any) -> str | None:
+        try:
+            return normalise_attribute(column, value, self.age_bins, self.max_age, self.kinds[column])
+        except InvalidDemographic:
+            return None
 
     def __repr__(self) -> str:
         name = type(self).__name__
@@ -391,22 +431,29 @@ class GroupKeyer:
             self.missing_counts[column] = self.missing_counts.get(column, 0) + 1
         return normalised
 
-    def key(self, row: Mapping[str, Any]) -> str | None:
-        """Group key of one row: its attributes as "col=value" in column order; None if any is unknown.
+    def key(self, row: Mapping[str, Any], domain: str | None = None) -> str | None:
+        """Group key of one row of `domain`: the attributes its domain records as "col=value", in column order.
 
-        Partly known rows are unlabeled (the module's docstring says why); every attribute is still parsed,
-        so the missing and invalid counts cover them all.
+        A partly known row takes its domain's most common agreeing complete group, or None (the module's
+        docstring has the policy); without `fit` (or `domain`) every column counts, so it gets None.
+        Every attribute is parsed, so the missing and invalid counts cover them all.
         """
         # An absent column is just missing for this row; the trainer checks dataset columns up front.
         values = [self.attribute(column, row.get(column)) for column in self.columns]
         self.rows_seen += 1
-        if not values or None in values:
+        recorded = self.recorded.get(domain, self.columns) if domain is not None else self.columns
+        known = [f"{c}={v}" for c, v in zip(self.columns, values, strict=True) if v is not None and c in recorded]
+        key = "|".join(known) or None
+        if key is not None and len(known) < len(recorded):
+            key = self.imputed.get((domain, key))  # type: ignore[arg-type]
+        if key is None:
             self.rows_without_key += 1
-            return None
-        return "|".join(f"{column}={value}" for column, value in zip(self.columns, values, strict=True))
+        return key
 
-    def keys(self, rows: Iterable[Mapping[str, Any]]) -> list[str | None]:
-        return [self.key(row) for row in rows]
+    def keys(self, rows: Iterable[Mapping[str, Any]], domains: Iterable[str] | None = None) -> list[str | None]:
+        if domains is None:
+            return [self.key(row) for row in rows]
+        return [self.key(row, domain) for row, domain in zip(rows, domains, strict=True)]
 
     def summary(self) -> dict[str, Any]:
         """Counts so far (copies, safe to log or serialise)."""

@@ -25,7 +25,7 @@ __all__ = [
     "ColumnSettings",
     "check_columns",
     "format_inspection",
-    "group_table_callback",
+    "fit_train_groups",
     "inspect_rows",
 ]
 
@@ -35,6 +35,8 @@ logger = logging.getLogger(__name__)
 MIN_GROUP_PROMPTS = 20
 # A category column with more distinct values is probably a number or an id (e.g. an age read as a category).
 MANY_CATEGORIES = 10
+# Above this share of partly known rows, the groups of a domain lean on where those rows were put.
+PARTLY_KNOWN_SHARE = 0.1
 _EXAMPLES = 3
 LATENT = f"{UNKNOWN} (latent groups)"
 
@@ -86,9 +88,17 @@ def check_columns(column_names: Sequence[str] | None, settings: Any, dataset_nam
             )
 
 
-def inspect_rows(rows: Iterable[Mapping[str, Any]], settings: ColumnSettings) -> dict[str, Any]:
-    """What FairGRPO will see in `rows`: per domain its rows, label set and groups, and the warnings."""
-    keyer = settings.keyer()
+def inspect_rows(
+    rows: Iterable[Mapping[str, Any]], settings: ColumnSettings, keyer: GroupKeyer | None = None
+) -> dict[str, Any]:
+    """What FairGRPO will see in `rows`: per domain its rows, label set and groups, and the warnings.
+
+    `keyer`: one already fitted on `rows` (the trainer's); by default the settings' keyer, fitted here.
+    """
+    rows = list(rows)
+    if keyer is None:
+        keyer = settings.keyer()
+        keyer.fit(rows, [domain_key(row, settings.domain_column) for row in rows])
     domains: dict[str, dict[str, Any]] = {}
     invalid: dict[str, Counter] = {c: Counter() for c in keyer.columns}
     categories: dict[str, set[str]] = {c: set() for c, kind in keyer.kinds.items() if kind == "category"}
@@ -96,9 +106,13 @@ def inspect_rows(rows: Iterable[Mapping[str, Any]], settings: ColumnSettings) ->
     for row in rows:
         total += 1
         domain = domain_key(row, settings.domain_column)
-        entry = domains.setdefault(domain, {"rows": 0, "groups": Counter(), "references": Counter()})
+        entry = domains.setdefault(domain, {"rows": 0, "groups": Counter(), "references": Counter(), "assigned": 0})
         entry["rows"] += 1
-        entry["groups"][keyer.key(row) or LATENT] += 1
+        key = keyer.key(row, domain)
+        entry["groups"][key or LATENT] += 1
+        recorded = keyer.recorded.get(domain, keyer.columns)
+        partly_known = not all(_known(keyer, column, row.get(column)) for column in recorded)
+        entry["assigned"] += key is not None and partly_known
         reference = row.get(settings.solution_column)
         if reference is not None:
             entry["references"].update(to_label_set(reference if isinstance(reference, str | list) else str(reference)))
@@ -122,7 +136,9 @@ def inspect_rows(rows: Iterable[Mapping[str, Any]], settings: ColumnSettings) ->
             "rows": entry["rows"],
             "label_set": list(labels),
             "label_source": source,
+            "records": list(keyer.recorded.get(name, keyer.columns)),
             "unknown_share": round(unknown / entry["rows"], 4),
+            "partly_known_assigned": entry["assigned"],
             "groups": [{"group": group, "prompts": n, "share": round(n / entry["rows"], 4)} for group, n in groups],
         }
         small = [f"{group} ({n})" for group, n in groups if group != LATENT and n < MIN_GROUP_PROMPTS]
@@ -130,6 +146,11 @@ def inspect_rows(rows: Iterable[Mapping[str, Any]], settings: ColumnSettings) ->
             warnings.append(
                 f"domain {name!r}: {len(small)} group(s) under {MIN_GROUP_PROMPTS} prompts, whose temperature "
                 f"sqrt(N) * mean reward rests on few prompts: {', '.join(small)}"
+            )
+        if entry["assigned"] > PARTLY_KNOWN_SHARE * entry["rows"]:
+            warnings.append(
+                f"domain {name!r}: {entry['assigned']} of {entry['rows']} rows are partly known and count in the "
+                "commonest group that agrees with them; check the demographic columns"
             )
         if source == "references":
             warnings.append(
@@ -167,6 +188,13 @@ def inspect_rows(rows: Iterable[Mapping[str, Any]], settings: ColumnSettings) ->
     }
 
 
+def _known(keyer: GroupKeyer, column: str, value: Any) -> bool:
+    try:
+        return normalise_attribute(column, value, keyer.age_bins, keyer.max_age, keyer.kinds[column]) is not None
+    except InvalidDemographic:
+        return False
+
+
 def _label_set(
     domain: str, declared: Mapping[str, Sequence[str]] | None, references: Counter
 ) -> tuple[tuple[str, ...], str]:
@@ -188,8 +216,10 @@ def format_inspection(report: Mapping[str, Any]) -> str:
     for name, domain in report["domains"].items():
         lines += [
             "",
-            f"domain {name}: {domain['rows']} rows, {domain['unknown_share']:.1%} unknown (latent groups)",
+            f"domain {name}: {domain['rows']} rows, {domain['unknown_share']:.1%} unknown (latent groups), "
+            f"{domain['partly_known_assigned']} partly known rows in their commonest agreeing group",
             f"  label set ({domain['label_source']}): {', '.join(domain['label_set']) or '-'}",
+            f"  demographics it records: {', '.join(domain['records']) or 'none'}",
         ]
         width = max([len("group")] + [len(g["group"]) for g in domain["groups"]])
         lines.append(f"  {'group'.ljust(width)}  {'prompts':>7}  {'share':>6}")
@@ -201,24 +231,29 @@ def format_inspection(report: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def inspect_dataset(dataset: Any, settings: ColumnSettings) -> dict[str, Any]:
+def inspect_dataset(dataset: Any, settings: ColumnSettings, keyer: GroupKeyer | None = None) -> dict[str, Any]:
     """`inspect_rows` of a `datasets.Dataset`, reading only the columns it needs (images are never decoded)."""
-    keyer = settings.keyer()
-    wanted = [c for c in (settings.domain_column, settings.solution_column, *keyer.columns) if c]
+    columns = keyer.columns if keyer is not None else settings.keyer().columns
+    wanted = [c for c in (settings.domain_column, settings.solution_column, *columns) if c]
     present = [c for c in dict.fromkeys(wanted) if c in dataset.column_names]
-    return inspect_rows(dataset.select_columns(present).to_list(), settings)
+    rows = dataset.select_columns(present).to_list()
+    if keyer is None:
+        return inspect_rows(rows, settings)
+    keyer.fit(rows, [domain_key(row, settings.domain_column) for row in rows])
+    # The table's own counts and no warnings (the report lists bad values), with what `keyer` learnt.
+    quiet = settings.keyer()
+    quiet.recorded, quiet.imputed = keyer.recorded, keyer.imputed
+    return inspect_rows(rows, settings, quiet)
 
 
-def group_table_callback(dataset: Any, config: Any, report_to: Sequence[str]) -> Any:
-    """Log the group table of the train `dataset` now, and a `TrainerCallback` that puts it in W&B at train start.
-
-    None when the dataset cannot be read up front (a stream) or no callback is needed.
-    """
+def fit_train_groups(keyer: GroupKeyer, dataset: Any, config: Any) -> Any:
+    """Fit the trainer's `keyer` on the train `dataset`, log its group table, and return a `TrainerCallback` that
+    puts the table in W&B when training begins (None without W&B, or for a stream, which is not read up front)."""
     if dataset is None or getattr(dataset, "column_names", None) is None or not hasattr(dataset, "select_columns"):
         return None
-    report = inspect_dataset(dataset, ColumnSettings.from_config(config))
+    report = inspect_dataset(dataset, ColumnSettings.from_config(config), keyer)
     logger.info("Groups FairGRPO will form in the train dataset:\n%s", format_inspection(report))
-    if "wandb" not in report_to:
+    if "wandb" not in (config.report_to or []):
         return None
     from transformers import TrainerCallback
 

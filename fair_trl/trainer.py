@@ -29,7 +29,7 @@ from fair_trl.checkpoint_io import ESTIMATOR_STATE_FILE, GROUP_KEYER_STATE_FILE,
 from fair_trl.checkpoints import load_converted_weights
 from fair_trl.config import FairGRPOConfig
 from fair_trl.groups import GroupKeyer, domain_key
-from fair_trl.inspection import check_columns, group_table_callback
+from fair_trl.inspection import check_columns, fit_train_groups
 from fair_trl.model_card import (
     BALANCED_SAMPLER,
     WEIGHTED_SAMPLER_PREFIX,
@@ -72,11 +72,8 @@ class FairGRPOTrainer(GRPOTrainer):
         _check_columns(train_dataset, config)
         if "reward_funcs" in bound.arguments:
             bound.arguments["reward_funcs"] = with_config_label_sets(bound.arguments["reward_funcs"], config)
-        group_table = group_table_callback(train_dataset, config, config.report_to or [])
 
         super().__init__(*bound.args[1:], **bound.kwargs)
-        if group_table is not None:
-            self.add_callback(group_table)
         _check_launch(self.accelerator)
         check_train_size(self.train_dataset, self.args, self.num_generations, self.accelerator.num_processes)
         if getattr(self, "vllm_generation", None) is not None:
@@ -84,6 +81,12 @@ class FairGRPOTrainer(GRPOTrainer):
 
         self.group_keyer = GroupKeyer.from_config(config)
         self.checkpoint_files = CheckpointFiles(group_settings(config, self.estimator_spec.config_fields(config)))
+
+        # Fitted on the train rows (which columns each domain records, where partly known rows go); the
+        # table of groups is logged now, and put in W&B when training begins.
+        group_table = fit_train_groups(self.group_keyer, train_dataset, config)
+        if group_table is not None:
+            self.add_callback(group_table)
         # Whether the batch being scored started in training or evaluation (see _generate_and_score_completions).
         self._scoring_mode = "train"
         # The checkpointed states as they were when the current generation batch began, kept only when a
@@ -233,7 +236,7 @@ class FairGRPOTrainer(GRPOTrainer):
         rows = gather_object(local)
         g = self.num_generations
         domains = [domain for domain, _ in rows]
-        prompt_groups = self.group_keyer.keys(demographics for _, demographics in rows[::g])
+        prompt_groups = self.group_keyer.keys((demographics for _, demographics in rows[::g]), domains[::g])
         return domains, [group for group in prompt_groups for _ in range(g)]
 
     def _log_estimator_step(self, groups: list[str | None]) -> None:
@@ -272,7 +275,8 @@ class FairGRPOTrainer(GRPOTrainer):
             columns = [c for c in [self.args.domain_column, *self.args.demographic_columns] if c]
             rows = dataset.select_columns(columns).to_list()
             keyer = self.group_keyer.sibling()
-            weights = balanced_weights([domain_key(r, self.args.domain_column) for r in rows], keyer.keys(rows))
+            domains = [domain_key(r, self.args.domain_column) for r in rows]
+            weights = balanced_weights(domains, keyer.keys(rows, domains))
         return BalancedRepeatSampler(
             weights,
             data_source=dataset,

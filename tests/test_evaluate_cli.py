@@ -182,3 +182,42 @@ def test_without_attribute_fields_correct_answers_score_one_not_zero(tmp_path, c
     report = json.loads(out.read_text())
     assert list(report["attributes"]) == ["sex"] and report["absent_attributes"] == ["age"]
     assert report["attributes"]["sex"]["acc"] == 1.0
+
+
+
+def test_evaluate_reads_declared_column_kinds(tmp_path, capsys):
+    lines = [
+        {"prediction": r"\boxed{NV}", "reference": "NV", "dataset": "ham10000", "PatientAge": "034Y",
+         "PatientSex": "F"},
+        {"prediction": r"\boxed{MEL}", "reference": "NV", "dataset": "ham10000", "PatientAge": 35,
+         "PatientSex": "M"},
+        {"prediction": r"\boxed{NV}", "reference": "NV", "dataset": "ham10000", "PatientAge": "071Y",
+         "PatientSex": "male"},
+    ]  # fmt: skip
+    pred = write(tmp_path / "pred.jsonl", lines)
+    out = tmp_path / "fair.json"
+    assert main(["evaluate", str(pred), "--attributes", "PatientAge:age", "PatientSex:sex", "--json", str(out)]) == 0
+    results = json.loads(out.read_text())["attributes"]
+    # "034Y" and 35 are one age bin (by name alone they would be two categories); "male" is M.
+    assert set(results) == {"PatientAge", "PatientSex"}
+    assert set(results["PatientAge"]["per_group"]["ham10000"]) == {"a2", "a3"}
+    assert results["PatientAge"]["per_group"]["ham10000"]["a2"]["n"] == 2
+    assert set(results["PatientSex"]["per_group"]["ham10000"]) == {"F", "M"}
+    assert main(["evaluate", str(pred), "--attributes", "PatientAge:years"]) == 2
+    assert "unknown kind 'years'" in capsys.readouterr().err
+
+
+def test_declared_label_sets_score_labels_outside_them_as_naming_none(tmp_path):
+    from fair_trl.evaluate import read_predictions, score_predictions
+
+    lines = [
+        {"prediction": r"\boxed{Normal, TB}", "reference": "Normal", "dataset": "cxr", "age": 40, "sex": "F"},
+        {"prediction": r"\boxed{Normal}", "reference": "Normal", "dataset": "cxr", "age": 40, "sex": "F"},
+    ]
+    pred = write(tmp_path / "pred.jsonl", lines)
+    data = read_predictions(pred)
+    # Classes from the references alone: "TB" is dropped and the first answer reads as "Normal".
+    assert score_predictions(data, pred).predictions[0] == frozenset({"Normal"})
+    scored = score_predictions(data, pred, label_sets={"cxr": ["Normal", "Pneumonia"]})
+    assert scored.classes["cxr"] == ("Normal", "Pneumonia")
+    assert scored.predictions == [frozenset(), frozenset({"Normal"})]

@@ -583,3 +583,27 @@ def test_partly_missing_rows_are_unlabeled_but_their_known_attribute_still_count
     assert keyer.key(row) is None
     # ... while the per-attribute metrics still see sex=F.
     assert keyer.attribute("sex", row["sex"]) == "F"
+
+
+def test_fit_puts_partly_known_rows_in_the_commonest_agreeing_group_of_their_domain():
+    keyer = GroupKeyer(["sex", "age"])
+    train = [
+        ({"sex": "F", "age": 60}, "a"),
+        ({"sex": "F", "age": 61}, "a"),
+        ({"sex": "F", "age": 20}, "a"),
+        ({"sex": "M", "age": 20}, "a"),
+        ({"sex": None, "age": 40}, "covid"),  # a release with no sex at all
+        ({"sex": None, "age": 70}, "covid"),
+    ]
+    keyer.fit([row for row, _ in train], [domain for _, domain in train])
+    assert keyer.recorded == {"a": ("sex", "age"), "covid": ("age",)}
+    # Lacking age, a woman of domain a counts with the commonest complete group of women there ...
+    assert keyer.key({"sex": "F", "age": None}, "a") == "sex=F|age=a3"
+    assert keyer.key({"sex": None, "age": 18}, "a") == "sex=F|age=a1"  # ties go to the first key
+    # ... a domain that records no sex keys by age alone, and nothing agreeing or nothing known is unlabeled.
+    assert keyer.key({"sex": None, "age": 45}, "covid") == "age=a2"
+    assert keyer.key({"sex": None, "age": 90}, "a") is None
+    assert keyer.key({}, "a") is None
+    # Without a domain (or before fit) every column counts: partly known rows have no key.
+    assert keyer.key({"sex": "F", "age": None}) is None
+    assert keyer.sibling().key({"sex": "F", "age": None}, "a") == "sex=F|age=a3"
