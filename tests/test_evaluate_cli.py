@@ -184,7 +184,6 @@ def test_without_attribute_fields_correct_answers_score_one_not_zero(tmp_path, c
     assert report["attributes"]["sex"]["acc"] == 1.0
 
 
-
 def test_evaluate_reads_declared_column_kinds(tmp_path, capsys):
     lines = [
         {"prediction": r"\boxed{NV}", "reference": "NV", "dataset": "ham10000", "PatientAge": "034Y",
