@@ -12,6 +12,7 @@ every dataset column as keyword arguments, so they read `solution` (and `dataset
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -275,11 +276,15 @@ def _domain_name(domain: Any) -> str | None:
 
 
 def _reference_text(reference: Any) -> str:
-    if reference is None:
+    # Labels stored as numbers (a 0/1 column) are compared as their text; a missing one (None, NaN)
+    # names no label, so it scores 0 like any unmatched reference.
+    if reference is None or (isinstance(reference, float) and math.isnan(reference)):
         return ""
     if isinstance(reference, str):
         return reference
-    return ", ".join(str(r) for r in reference)
+    if isinstance(reference, (list, tuple)):
+        return ", ".join(str(r) for r in reference if r is not None)
+    return str(reference)
 
 
 def with_config_label_sets(reward_funcs: Any, config: Any) -> Any:

@@ -238,3 +238,12 @@ def test_training_never_rewards_a_completion_that_lists_every_label(text_model_d
     right = [reward for text, reward in scored if text.endswith(r"\boxed{Normal}")]
     assert trainer.state.global_step == 3 and len(gamed) == len(right) == len(scored) // 4 >= 6
     assert set(gamed) == {0.0} and set(right) == {1.0}
+
+
+def test_numeric_and_missing_references_score_instead_of_crashing():
+    """A label column stored as numbers (0/1) is read as the labels' text; None and NaN name no label."""
+    from fair_trl.rewards import accuracy_reward
+
+    completions = [r"\boxed{1}", r"\boxed{0}", r"\boxed{1}", r"\boxed{True}", r"\boxed{1}"]
+    solutions = [1, 1, None, True, float("nan")]
+    assert accuracy_reward(completions, solution=solutions, dataset=["site"] * 5) == [1.0, 0.0, 0.0, 1.0, 0.0]
