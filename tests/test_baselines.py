@@ -169,7 +169,7 @@ def test_resampling_trainer_uses_the_balanced_sampler(text_model_dir, tmp_path):
     sampler = trainer._get_train_sampler()
     assert isinstance(sampler, BalancedRepeatSampler)
     # Every (domain, group) cell gets the same total probability, however many rows it has.
-    keys = trainer.group_keyer.keys(data.select_columns(["sex", "age"]).to_list())
+    keys = trainer.group_keyer.keys(data.select_columns(["sex", "age"]).to_list(), list(data["dataset"]))
     cells = list(zip(data["dataset"], keys, strict=True))
     mass = Counter()
     for cell, weight in zip(cells, sampler.weights.tolist(), strict=True):

@@ -193,7 +193,7 @@ def test_your_own_data_inspects_trains_and_audits_a_generated_csv(kernel_dirs, t
     for site, groups in facts["groups"].items():
         assert facts["label_sources"][site] == "declared"
         # Declared kinds: ages binned a1-a4 (from "053Y" and plain years alike), sexes read as F/M.
-        assert "unknown (latent groups)" in groups
+        # Rows with a blank age or sex join an agreeing complete group; only rows with neither are latent.
         labelled = [g for g in groups if g != "unknown (latent groups)"]
         assert labelled and all(
             g.split("|")[0] in {f"PatientAge=a{i}" for i in range(1, 5)} and g.split("|")[1] in {"PatientSex=F",

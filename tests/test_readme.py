@@ -114,8 +114,10 @@ def test_bring_your_own_data_runs_as_written(tmp_path, monkeypatch):
     domain = json.loads((tmp_path / "cxr_inspect.json").read_text())["domains"]["chest_xray"]
     assert domain["label_set"] == ["Normal", "Pneumonia"] and domain["label_source"] == "declared"
     groups = {g["group"]: g["prompts"] for g in domain["groups"]}
-    # 034Y and 45 land in a2, 061Y in a3, 78 in a4; a blank age or sex leaves the row unlabeled.
-    assert groups["PatientAge=a2|PatientSex=F"] == 12 and groups["unknown (latent groups)"] == 12
+    # 034Y and 45 land in a2, 061Y in a3, 78 in a4. A blank age or sex leaves the row partly known: it joins
+    # the commonest complete group that agrees with it (12 such rows, 6 into each a2 group), not a latent one.
+    assert domain["partly_known_assigned"] == 12 and domain["unknown_share"] == 0.0
+    assert groups["PatientAge=a2|PatientSex=F"] == 12 + 6 and "unknown (latent groups)" not in groups
     assert (tmp_path / "cxr-fairgrpo" / "model.safetensors").is_file()
     fairness = json.loads((tmp_path / "cxr-audit" / "fairness.json").read_text())
     assert set(fairness["attributes"]) == {"PatientAge", "PatientSex"}
