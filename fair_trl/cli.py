@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import dataclass, field, fields
 from typing import Any
 
 
@@ -13,7 +12,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fair-trl", description="FairGRPO for clinical VLMs, on TRL.")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    # Its options are `ExperimentSettings` and `DemoOptions` fields, parsed by HfArgumentParser in `_demo`;
+    # Its options are `ExperimentSettings` and `DemoOptions` fields, parsed by `fair_trl.demo.command`;
     # `fair-trl demo --help` lists them.
     commands.add_parser(
         "demo",
@@ -78,7 +77,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
     if args.command == "demo":
-        return _demo(rest)
+        from fair_trl.demo.command import main as demo_main
+
+        return demo_main(rest)
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     if args.command == "evaluate":
@@ -96,86 +97,6 @@ def main(argv: list[str] | None = None) -> int:
 
         path = save_tiny_model(args.out_dir, kind=args.kind, seed=args.seed, vllm_compatible=args.vllm_compatible)
         print(f"saved tiny {args.kind} model to {path}")
-    return 0
-
-
-@dataclass
-class DemoOptions:
-    """`fair-trl demo` options that are not experiment settings."""
-
-    baselines: bool = field(
-        default=False, metadata={"help": "Also run the paper's baselines: RLOO, REINFORCE++, Group DRO, Resampling."}
-    )
-    variants: bool = field(
-        default=False, metadata={"help": "Also run the FairGRPO variants (reward floor, weight cap, recent window)."}
-    )
-    full: bool = field(
-        default=False,
-        metadata={"help": "The longer, more decisive run: seeds, steps and eval_every of FULL_DEMO where left at "
-                  "their defaults."},
-    )  # fmt: skip
-    trial: bool = field(
-        default=False,
-        metadata={"help": "Instrument trial: run only GRPO and the positive control and append the gate's result "
-                  "to TRIAL_LOG. Choose benchmark and budget with this, never by looking at FairGRPO."},
-    )  # fmt: skip
-    output_dir: str = field(default="outputs/demo", metadata={"help": "Where the report goes (untracked)."})
-    cache_dir: str = field(default="outputs/demo-cache", metadata={"help": "Where the warm starts are cached."})
-    trial_log: str = field(
-        default="reports/demo/instrument_trials.jsonl", metadata={"help": "The instrument trial log."}
-    )
-    rebuild: bool = field(default=False, metadata={"help": "Rewrite the report from OUTPUT_DIR/runs.json only."})
-    publish: bool = field(
-        default=False,
-        metadata={"help": "Copy OUTPUT_DIR's report, results and plots to reports/demo/ (the README quotes it)."},
-    )
-
-
-# `--full`: applied to the settings the user left at their defaults.
-FULL_DEMO = {"seeds": 10, "steps": 300, "eval_every": 50}
-
-
-def _demo(argv: list[str]) -> int:
-    from transformers import HfArgumentParser
-
-    from fair_trl.demo.experiment import BASELINE_METHODS, VARIANT_METHODS, ExperimentSettings
-    from fair_trl.demo.instrument import TRIAL_METHODS
-
-    parser = HfArgumentParser(
-        (ExperimentSettings, DemoOptions),
-        prog="fair-trl demo",
-        description="GRPO vs FairGRPO (+ positive control, variants, baselines) on the synthetic benchmark, "
-        "warm-started; writes OUTPUT_DIR/report.md.",
-    )
-    namespace = parser.parse_args(argv)
-    options = DemoOptions(**{f.name: getattr(namespace, f.name) for f in fields(DemoOptions)})
-    if options.rebuild or options.publish:
-        from fair_trl.demo.report import rebuild
-        from fair_trl.demo.run import publish
-
-        if options.rebuild:
-            print(rebuild(options.output_dir, options.trial_log)["gate"]["text"])
-        if options.publish:
-            print(f"published {options.output_dir} to {publish(options.output_dir)}")
-        return 0
-    chosen = {f.name: getattr(namespace, f.name) for f in fields(ExperimentSettings)}
-    defaults = ExperimentSettings().to_dict()
-    if options.full:
-        chosen.update({k: v for k, v in FULL_DEMO.items() if chosen[k] == defaults[k]})
-    if options.trial:
-        if options.baselines or options.variants or chosen["methods"] != defaults["methods"]:
-            parser.error(f"--trial runs exactly {list(TRIAL_METHODS)}; drop --methods, --baselines and --variants")
-        chosen["methods"] = list(TRIAL_METHODS)
-    for wanted, extra in ((options.variants, VARIANT_METHODS), (options.baselines, BASELINE_METHODS)):
-        if wanted:
-            chosen["methods"] = [*chosen["methods"], *(m for m in extra if m not in chosen["methods"])]
-    try:
-        settings = ExperimentSettings(**chosen)
-    except ValueError as error:
-        parser.error(str(error))
-    from fair_trl.demo.run import main as demo_main
-
-    demo_main(settings, options.output_dir, options.cache_dir, options.trial_log, trial=options.trial)
     return 0
 
 

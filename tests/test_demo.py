@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fair_trl.cli import DemoOptions, main
+from fair_trl.cli import main
 from fair_trl.demo.benchmark import planted_flags, with_oracle_weights
+from fair_trl.demo.command import DemoOptions
 from fair_trl.demo.experiment import DEMO_BENCHMARK, METHODS, ExperimentSettings, run_warm_start
 from fair_trl.demo.instrument import TRIAL_FIELDS, read_trials
 from fair_trl.demo.plots import PLOTS, pareto_front

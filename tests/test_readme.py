@@ -64,7 +64,7 @@ def test_make_demo_leaves_the_reference_report_alone():
     makefile = (README.parent / "Makefile").read_text()
     recipe = makefile.split("\ndemo:", 1)[1].split("\n\n", 1)[0]
     assert "fair-trl demo" in recipe and "reports/" not in recipe and "--output_dir" not in recipe
-    from fair_trl.cli import DemoOptions
+    from fair_trl.demo.command import DemoOptions
 
     assert not DemoOptions().output_dir.startswith("reports")
 

@@ -10,5 +10,6 @@ Data flows one way; no module here imports one that imports it back:
 - `stats`: seed-level statistics and paired differences;
 - `instrument`: the validity gate and the log of instrument trials;
 - `report` and `plots`: report.md, results.json, summary.md and the PNGs;
-- `run`: `main`, what `fair-trl demo` calls, and `publish`.
+- `run`: `main`, one whole demo from its settings, and `publish`;
+- `command`: `fair-trl demo`'s options and the `--full` preset, parsed into a call of `run.main`.
 """
