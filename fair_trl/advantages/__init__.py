@@ -6,7 +6,7 @@ without a model. A method is one `EstimatorSpec` in `REGISTRY` plus its module:
 
 - `grpo`: TRL's own group normalisation, op for op;
 - `fair_grpo`: FairGRPO (section 3, eq. 1-2 and the batch renormalisation) and its variants;
-- `clustering`: the latent groups (exact k-means for 0/1 rewards, scikit-learn's for graded ones, the elbow rule);
+- `clustering`: the latent groups (exact k-means for 0/1 rewards, Lloyd's, seeded, for graded ones, the elbow rule);
 - `baselines`: RLOO, REINFORCE++ and Group DRO, the paper's comparisons.
 
 `FairGRPOConfig.advantage_estimator` picks an entry; config validation, the trainer, the model card,

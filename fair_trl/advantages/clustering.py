@@ -8,8 +8,8 @@ vectors is clustered once per call as a multiset: its distinct vectors weighted 
   |a - b|. The k-means optimum over them is a split into contiguous runs of that order (the tests check
   this against every partition), so `exact_binary_kmeans` tries every such split: exact, no seed, no
   restarts.
-- **Graded rewards**, or vectors interpolated around unscored rollouts: scikit-learn's `KMeans` with
-  sample weights on the distinct vectors in sorted order, ``n_init=10``, ``random_state=seed`` (the
+- **Graded rewards**, or vectors interpolated around unscored rollouts: Lloyd's k-means with sample
+  weights on the distinct vectors in sorted order, best of 10 k-means++ starts seeded by ``seed`` (the
   estimator's `seed`, `FairGRPOConfig.seed`), so a run is repeatable but its clusters are a local optimum.
 
 `elbow_k` then picks k from the inertias of k = 1..max_k.
@@ -118,19 +118,49 @@ def _splits(m: int, k: int) -> np.ndarray:
     return np.array([(0, *c, m) for c in cuts], dtype=np.intp).reshape(len(cuts), k + 1)
 
 
-def weighted_kmeans(points: np.ndarray, weights: np.ndarray, max_k: int, seed: int) -> list[tuple[np.ndarray, float]]:
-    """scikit-learn's k-means on weighted distinct points, for k = 1..max_k: [(centres, inertia)].
+def weighted_kmeans(
+    points: np.ndarray, weights: np.ndarray, max_k: int, seed: int, n_init: int = 10, max_iter: int = 100
+) -> list[tuple[np.ndarray, float]]:
+    """Lloyd's k-means on weighted distinct points, for k = 1..max_k: [(centres, inertia)].
 
-    k = 1 is the weighted mean, exactly; k stops at the number of distinct points.
+    Each k keeps the best of ``n_init`` k-means++ starts drawn from ``numpy.random.default_rng(seed)``:
+    repeatable, but a local optimum. k = 1 is the weighted mean, exactly; k stops at the number of
+    distinct points. Plain numpy because the pools are small (a few dozen distinct vectors), where a
+    library's per-call overhead would be most of the cost.
     """
-    from sklearn.cluster import KMeans  # a second or so to import: only graded rewards need it
-
+    rng = np.random.default_rng(seed)
     mean = (weights[:, None] * points).sum(axis=0) / weights.sum()
-    fits = [(mean[None, :], float((weights * ((points - mean) ** 2).sum(axis=1)).sum()))]
+    fits = [(mean[None, :], _inertia(points, weights, mean[None, :]))]
     for k in range(2, min(max_k, len(points)) + 1):
-        fit = KMeans(n_clusters=k, n_init=10, random_state=seed).fit(points, sample_weight=weights)
-        fits.append((fit.cluster_centers_, float(fit.inertia_)))
+        runs = [_lloyd(points, weights, _plus_plus_start(points, weights, k, rng), max_iter) for _ in range(n_init)]
+        fits.append(min(runs, key=lambda fit: fit[1]))  # the first of equally good runs
     return fits
+
+
+def _plus_plus_start(points: np.ndarray, weights: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """k-means++: each next centre drawn with probability proportional to weight x squared distance."""
+    centres = [points[rng.choice(len(points), p=weights / weights.sum())]]
+    for _ in range(1, k):
+        spread = weights * ((points[:, None, :] - np.array(centres)[None, :, :]) ** 2).sum(axis=2).min(axis=1)
+        centres.append(points[rng.choice(len(points), p=spread / spread.sum())])
+    return np.array(centres)
+
+
+def _lloyd(points: np.ndarray, weights: np.ndarray, centres: np.ndarray, max_iter: int) -> tuple[np.ndarray, float]:
+    """Assign to the nearest centre, move each centre to its points' weighted mean, until nothing moves."""
+    for _ in range(max_iter):
+        member = weights[:, None] * (nearest_centre(points, centres)[:, None] == np.arange(len(centres)))
+        mass = member.sum(axis=0)
+        # A centre left with no points stays where it is.
+        moved = np.where(mass[:, None] > 0, member.T @ points / np.maximum(mass, 1e-300)[:, None], centres)
+        if np.array_equal(moved, centres):
+            break
+        centres = moved
+    return centres, _inertia(points, weights, centres)
+
+
+def _inertia(points: np.ndarray, weights: np.ndarray, centres: np.ndarray) -> float:
+    return float((weights * ((points[:, None, :] - centres[None, :, :]) ** 2).sum(axis=2).min(axis=1)).sum())
 
 
 def fit_latent_groups(pool: np.ndarray, max_k: int, threshold: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -138,7 +168,7 @@ def fit_latent_groups(pool: np.ndarray, max_k: int, threshold: float, seed: int)
 
     k-means on the pool's distinct vectors weighted by their counts, k by `elbow_k`. The pool enters as
     a multiset, so neither its order nor the order of prompts can move the result; 0/1 pools get the
-    exact optimum, others scikit-learn's (see the module docstring).
+    exact optimum, others Lloyd's (see the module docstring).
     """
     dim = pool.shape[1]
     if ((pool == 0) | (pool == 1)).all() and (pool[:, 1:] >= pool[:, :-1]).all():  # every vector sorted 0/1
