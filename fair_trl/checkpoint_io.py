@@ -10,6 +10,7 @@ and possibly a ``.partial-*`` folder, which the next save removes.
 Besides transformers' files each checkpoint holds the trainer's states (the group keyer's counts, the
 estimator's running statistics) and the group settings they were computed under; a resume under other
 settings would mix two sets of group keys in one set of statistics, so it is refused naming each difference.
+`CheckpointState` says which states those are at each save and puts them back on a resume.
 """
 
 from __future__ import annotations
@@ -22,13 +23,17 @@ import shutil
 from collections.abc import Mapping
 from typing import Any
 
+from accelerate.utils import broadcast_object_list
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+from fair_trl.advantages import Stateful
 
 __all__ = [
     "ESTIMATOR_STATE_FILE",
     "GROUP_KEYER_STATE_FILE",
     "GROUP_SETTINGS_FILE",
     "CheckpointFiles",
+    "CheckpointState",
     "group_settings",
     "incomplete_reason",
     "newest_complete_checkpoint",
@@ -200,3 +205,62 @@ class CheckpointFiles:
     def read_states(checkpoint: str, names: tuple[str, ...]) -> list[Any]:
         """The JSON states `names` saved in `checkpoint`, None for each one it lacks."""
         return [read_json(os.path.join(checkpoint, name)) for name in names]
+
+
+class CheckpointState:
+    """The trainer's states a checkpoint holds: the group keyer's counts and a stateful estimator's statistics.
+
+    `generation_cycle`: the micro-batches one generation batch serves (``steps_per_generation * num_iterations``).
+    Checkpoints fall on optimizer steps, so unless `gradient_accumulation_steps` is a whole number of generation
+    cycles some fall inside a generation batch. TRL checkpoints no generation buffer: a resume from there
+    generates that batch again and the estimator would see it a second time, so such a checkpoint holds the
+    states from before the batch.
+    """
+
+    def __init__(self, keyer: Any, estimator: Any, generation_cycle: int, gradient_accumulation_steps: int):
+        self.keyer = keyer
+        self.estimator = estimator
+        self.generation_cycle = generation_cycle
+        self.can_split_generation_batches = gradient_accumulation_steps % generation_cycle != 0
+        self._generation_start: dict[str, Any] | None = None
+
+    def states(self) -> dict[str, Any]:
+        """The states now, file name -> JSON value."""
+        states = {GROUP_KEYER_STATE_FILE: self.keyer.state_dict()}
+        if isinstance(self.estimator, Stateful):
+            states[ESTIMATOR_STATE_FILE] = self.estimator.state_dict()
+        return states
+
+    def generation_begins(self) -> None:
+        """A training generation batch is about to move the states: keep them, if a checkpoint can fall inside it."""
+        if self.can_split_generation_batches:
+            self._generation_start = self.states()
+
+    def to_save(self, micro_step: int) -> dict[str, Any]:
+        """The states a checkpoint saved after `micro_step` micro-batches holds."""
+        inside_generation_batch = micro_step % self.generation_cycle != 0
+        if inside_generation_batch and self._generation_start is not None:
+            return self._generation_start
+        return self.states()
+
+    def restore(self, checkpoint: str, num_processes: int) -> None:
+        """Load the states `checkpoint` holds (every process must call it); warn when the estimator's is missing."""
+        states = CheckpointFiles.read_states(checkpoint, (GROUP_KEYER_STATE_FILE, ESTIMATOR_STATE_FILE))
+        if num_processes > 1:
+            # Only the saving process wrote these (one per node with save_on_each_node). Without a filesystem
+            # shared by all nodes the others would find none and resume from fresh statistics, computing other
+            # advantages than process 0: process 0's copy is the run's.
+            broadcast_object_list(states, from_process=0)
+        keyer_state, estimator_state = states
+        if keyer_state is not None:
+            self.keyer.load_state_dict(keyer_state)
+        if not isinstance(self.estimator, Stateful):
+            return
+        if estimator_state is None:
+            logger.warning(
+                "%s has no %s: the advantage estimator's running statistics start afresh from this resume",
+                checkpoint,
+                ESTIMATOR_STATE_FILE,
+            )
+            return
+        self.estimator.load_state_dict(estimator_state)

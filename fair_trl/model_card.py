@@ -5,8 +5,8 @@ the data, the hyperparameters and the fairness results, {attribute: `compute_fai
 returns the README.md text, with YAML front matter the Hub reads (``base_model``, ``tags``,
 ``datasets`` and a ``model-index`` with the F1, accuracy, EOD, PP, ... of every demographic attribute).
 The tables are those of ``fair-trl evaluate``: the Table 2-style summary and the appendix-style table
-per dataset and group. `FairGRPOTrainer.model_card_record()` builds the record of a run; nothing here
-reads a trainer.
+per dataset and group. `FairGRPOTrainer.model_card_record()` builds the record of a run
+(`fair_trl.card_record`); nothing here reads a trainer.
 """
 
 from __future__ import annotations

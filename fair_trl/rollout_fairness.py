@@ -1,8 +1,8 @@
 """Fairness of the training rollouts: what the trainer logs every `fairness_logging_steps`.
 
-The trainer records one `Rollout` per completion (the extracted answer, the reference, the dataset
-and each attribute's group); every N steps it scores the records since the last log here, with
-`fair_trl.metrics.compute_fairness`, one attribute at a time, flattened into scalar keys:
+The trainer's log (`fair_trl.rollout_log`) records one `Rollout` per completion (the extracted answer,
+the reference, the dataset and each attribute's group); every N steps it scores the records since the
+last log here, with `fair_trl.metrics.compute_fairness`, one attribute at a time, flattened into scalar keys:
 
 * ``fairness/{attribute}/{metric}`` for f1, acc, eod, pp, fpr_diff, delta_f1, sigma_f1
 * ``fairness/{dataset}/{attribute}/{group}/f1``

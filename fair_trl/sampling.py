@@ -9,6 +9,7 @@ processes draw the same indices from the same seed.
 Both samplers here know their epoch (`set_epoch`): epoch e's order is the (e + 1)-th draw from the
 seed, exactly what an unbroken run draws, so a run resumed in a later epoch sees the same prompts as
 the run it continues. TRL's `RepeatSampler` draws from a generator that only a whole run advances.
+`train_sampler` builds the one a config asks for.
 """
 
 from __future__ import annotations
@@ -16,12 +17,15 @@ from __future__ import annotations
 import numbers
 from collections import Counter
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from trl.trainer.utils import RepeatSampler
 
-__all__ = ["BalancedRepeatSampler", "EpochRepeatSampler", "balanced_weights", "column_weights"]
+from fair_trl.groups import GroupKeyer, domain_key
+
+__all__ = ["BalancedRepeatSampler", "EpochRepeatSampler", "balanced_weights", "column_weights", "train_sampler"]
 
 
 def balanced_weights(domains: Sequence[str], groups: Sequence[str | None]) -> np.ndarray:
@@ -100,3 +104,33 @@ class BalancedRepeatSampler(EpochRepeatSampler):
                 for index in chunk:
                     for _ in range(self.mini_repeat_count):
                         yield index
+
+
+def train_sampler(
+    dataset: Any, config: Any, num_generations: int, num_iterations: int, shuffle: bool, keyer: GroupKeyer
+) -> EpochRepeatSampler:
+    """The train sampler `config` (a `FairGRPOConfig`) asks for, in TRL's `RepeatSampler` layout.
+
+    Balanced by (domain, group) cell (`keyer` keys the rows), weighted by `sampling_weight_column`, or else
+    TRL's own sampler as TRL builds it (`shuffle`: TRL's `shuffle_dataset`), but one that can be put at any
+    epoch's order.
+    """
+    layout = {
+        "data_source": dataset,
+        "mini_repeat_count": num_generations,
+        "batch_size": config.generation_batch_size // num_generations,
+        "repeat_count": num_iterations * config.steps_per_generation,
+        "seed": config.seed,
+    }
+    if not (config.balanced_sampling or config.sampling_weight_column):
+        return EpochRepeatSampler(**layout, shuffle=shuffle)
+    if config.sampling_weight_column:
+        weights = column_weights(dataset, config.sampling_weight_column)
+    else:
+        # Only the metadata columns: images are never decoded to compute the weights.
+        columns = [c for c in [config.domain_column, *config.demographic_columns] if c]
+        rows = dataset.select_columns(columns).to_list()
+        domains = [domain_key(r, config.domain_column) for r in rows]
+        # A sibling keys the rows: the estimator's keyer counts missing and invalid values as training meets them.
+        weights = balanced_weights(domains, keyer.sibling().keys(rows, domains))
+    return BalancedRepeatSampler(weights, **layout, shuffle=True)

@@ -5,7 +5,10 @@ maintainers advise subclassing that method and returning the same output with ne
 this module does that with the least code it can: it keeps the gathered per-function rewards TRL
 already computed (`_calculate_rewards`), sums them exactly as TRL does, hands them to
 `_compute_advantages`, and puts the result back into the output and into the completions table.
-All advantage math lives in `fair_trl.advantages`.
+All advantage math lives in `fair_trl.advantages`. The rest has an owner of its own, which the overrides
+here hand off to: the rewards' sum (`fair_trl.reward_sum`), the rollouts' fairness log
+(`fair_trl.rollout_log`), the checkpoint states (`fair_trl.checkpoint_io`), the model card record
+(`fair_trl.card_record`) and the train sampler (`fair_trl.sampling`).
 """
 
 from __future__ import annotations
@@ -13,34 +16,28 @@ from __future__ import annotations
 import inspect
 import logging
 import os
-from collections import Counter
-from collections.abc import Mapping
 from typing import Any
 
 import torch
-from accelerate.utils import DistributedType, broadcast_object_list, gather_object
+from accelerate.utils import gather_object
 from datasets import IterableDataset as StreamingDataset
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import rotate_checkpoints
 from trl import GRPOTrainer
 
-from fair_trl.advantages import FairGRPOAdvantage, Stateful, get_spec, nanstd, zero_signal
-from fair_trl.checkpoint_io import ESTIMATOR_STATE_FILE, GROUP_KEYER_STATE_FILE, CheckpointFiles, group_settings
+from fair_trl.advantages import FairGRPOAdvantage, get_spec, zero_signal
+from fair_trl.card_record import TrainingCard
+from fair_trl.checkpoint_io import CheckpointFiles, CheckpointState, group_settings
 from fair_trl.checkpoints import load_converted_weights
 from fair_trl.config import FairGRPOConfig
 from fair_trl.groups import GroupKeyer, domain_key
 from fair_trl.inspection import check_columns, fit_train_groups
-from fair_trl.model_card import (
-    BALANCED_SAMPLER,
-    WEIGHTED_SAMPLER_PREFIX,
-    ModelCardRecord,
-    adapter_settings,
-    card_hyperparameters,
-    write_model_card,
-)
-from fair_trl.rewards import completion_text, extract_answer, with_config_label_sets
-from fair_trl.rollout_fairness import Rollout, fairness_results, flatten_results
-from fair_trl.sampling import BalancedRepeatSampler, EpochRepeatSampler, balanced_weights, column_weights
+from fair_trl.launch import check_launch
+from fair_trl.model_card import ModelCardRecord, write_model_card
+from fair_trl.reward_sum import RewardSum
+from fair_trl.rewards import with_config_label_sets
+from fair_trl.rollout_log import RolloutFairnessLog
+from fair_trl.sampling import train_sampler
 from fair_trl.train_data_size import check_train_size
 from fair_trl.vllm_compat import adapt_vllm_generation, to_vllm_checkpoint
 
@@ -74,41 +71,39 @@ class FairGRPOTrainer(GRPOTrainer):
             bound.arguments["reward_funcs"] = with_config_label_sets(bound.arguments["reward_funcs"], config)
 
         super().__init__(*bound.args[1:], **bound.kwargs)
-        _check_launch(self.accelerator)
+        check_launch(self.accelerator)
         check_train_size(self.train_dataset, self.args, self.num_generations, self.accelerator.num_processes)
         if getattr(self, "vllm_generation", None) is not None:
             adapt_vllm_generation(self.vllm_generation, self._model_type())
 
         self.group_keyer = GroupKeyer.from_config(config)
         self.checkpoint_files = CheckpointFiles(group_settings(config, self.estimator_spec.config_fields(config)))
+        self.checkpoint_state = CheckpointState(
+            self.group_keyer,
+            self.estimator,
+            generation_cycle=self.args.steps_per_generation * self.num_iterations,
+            gradient_accumulation_steps=self.args.gradient_accumulation_steps,
+        )
 
         # Fitted on the train rows (which columns each domain records, where partly known rows go); the
         # table of groups is logged now, and put in W&B when training begins.
         group_table = fit_train_groups(self.group_keyer, train_dataset, config)
         if group_table is not None:
             self.add_callback(group_table)
+        self.fairness_log = RolloutFairnessLog(self.args, self.group_keyer)
+        self.card = TrainingCard()
+        self.reward_sum = RewardSum(self.reward_func_names, self.reward_weights)
         # Whether the batch being scored started in training or evaluation (see _generate_and_score_completions).
         self._scoring_mode = "train"
-        # The checkpointed states as they were when the current generation batch began, kept only when a
-        # checkpoint can fall inside a generation batch (see _save_checkpoint).
-        self._generation_start: dict[str, Any] | None = None
         # The train dataloader's sampler, whose epoch _run_epoch sets.
         self._train_sampler: Any = None
-        # Evaluation rollouts gathered so far in this evaluation and how many the eval sampler really holds.
-        self._eval_position = 0
-        self._eval_total: int | None = None
+        # This batch's gathered per-function rewards, as TRL computed them (see _calculate_rewards).
         self._last_rewards_per_func: torch.Tensor | None = None
-        # Rollouts scored since the last fairness log, per mode; a keyer of their own keeps the
-        # estimator's missing/invalid counts from being counted twice, sharing its warnings.
-        self._rollouts: dict[str, list[Rollout]] = {"train": [], "eval": []}
-        self._fairness_keyer = self.group_keyer.sibling()
-        self._fairness_logged_step = -1
-        self._warned_nonfinite: set[str] = set()
-        # The latest full `compute_fairness` output per attribute, per mode (e.g. for a model card).
-        self.fairness_results: dict[str, dict[str, Any]] = {"train": {}, "eval": {}}
-        # An audit of the final model (`use_audit_for_card`): when set, the card reports it instead of the
-        # last evaluation's sampled rollouts, so the card's numbers are those `fair-trl audit` reproduces.
-        self._card_audit: dict[str, Any] | None = None
+
+    @property
+    def fairness_results(self) -> dict[str, dict[str, Any]]:
+        """The latest full `compute_fairness` output per attribute, per mode ("train", "eval")."""
+        return self.fairness_log.results
 
     @property
     def fair_estimator(self) -> FairGRPOAdvantage | None:
@@ -146,7 +141,8 @@ class FairGRPOTrainer(GRPOTrainer):
         finally:
             if self.model.training != training:
                 self.model.train(training)
-        self._log_scorable_rewards(self._scoring_mode)
+        if self._last_rewards_per_func is not None:
+            self.reward_sum.fix_logged(self._last_rewards_per_func, self._metrics[self._scoring_mode])
         # Evaluation batches keep TRL's advantages: they train nothing and must not move the
         # estimator's running statistics. An estimator that reproduces TRL's advantages leaves them alone
         # when TRL normalises per reward function, which it alone implements.
@@ -158,8 +154,7 @@ class FairGRPOTrainer(GRPOTrainer):
         # TRL's frac_reward_zero_std is one whole-batch figure under scale_rewards="batch"; this is per prompt.
         no_signal = zero_signal(rewards, self.num_generations)
         self._metrics["train"]["fair/frac_zero_signal"].append(no_signal.float().mean().item())
-        if self._checkpoints_can_split_generation_batches():
-            self._generation_start = self._checkpointed_states()
+        self.checkpoint_state.generation_begins()
         advantages = self._compute_advantages(rewards, inputs).to(rewards.device)
         start = self.accelerator.process_index * len(inputs)
         output["advantages"] = advantages[start : start + len(inputs)]
@@ -167,53 +162,9 @@ class FairGRPOTrainer(GRPOTrainer):
         return output
 
     def _summed_rewards(self) -> torch.Tensor:
-        """The same weighted sum TRL's "sum_then_normalize" path forms, NaN for unscorable rows.
-
-        A completion with an infinite reward from any reward function is unscorable (NaN), whatever the
-        others returned: it would otherwise zero the whole batch's advantages and the running statistics
-        of its domain for good, and summing the other functions alone would score it on part of its
-        reward. It is counted in ``fair/nonfinite_rewards`` and warned about once per reward function.
-        """
-        per_func = self._last_rewards_per_func
-        assert per_func is not None, "_calculate_rewards did not run"
-        infinite = torch.isinf(per_func)
-        for i in torch.nonzero(infinite.any(dim=0)).flatten().tolist():
-            name = self.reward_func_names[i]
-            if name not in self._warned_nonfinite:
-                self._warned_nonfinite.add(name)
-                logger.warning(
-                    "Reward function %r returned inf for some completions; they are treated as unscorable "
-                    "(advantage 0) whatever the other reward functions returned. Further ones are only counted in "
-                    "fair/nonfinite_rewards.",
-                    name,
-                )
-        self._metrics["train"]["fair/nonfinite_rewards"].append(float(infinite.any(dim=1).sum()))
-        return self._scorable_sum(per_func)
-
-    def _scorable_sum(self, per_func: torch.Tensor) -> torch.Tensor:
-        per_func = per_func.masked_fill(torch.isinf(per_func).any(dim=1, keepdim=True), torch.nan)
-        unscorable = torch.isnan(per_func).all(dim=1)
-        rewards = (per_func * self.reward_weights.to(per_func.device).unsqueeze(0)).nansum(dim=1)
-        rewards[unscorable] = torch.nan
-        return rewards
-
-    def _log_scorable_rewards(self, mode: str) -> None:
-        """Replace the reward figures TRL just logged for this batch when an infinite reward made them inf or NaN.
-
-        ``reward`` and ``reward_std`` then leave out the unscorable completions, as training does; each
-        ``rewards/<function>/*`` leaves out that function's infinite values.
-        """
-        per_func = self._last_rewards_per_func
-        if per_func is None or not torch.isinf(per_func).any():
-            return
-        metrics = self._metrics[mode]
-        finite = per_func.masked_fill(torch.isinf(per_func), torch.nan)
-        for i, name in enumerate(self.reward_func_names):
-            metrics[f"rewards/{name}/mean"][-1] = torch.nanmean(finite[:, i]).item()
-            metrics[f"rewards/{name}/std"][-1] = nanstd(finite[:, i]).item()
-        rewards = self._scorable_sum(per_func)
-        metrics["reward"][-1] = torch.nanmean(rewards).item()
-        metrics["reward_std"][-1] = nanstd(rewards).item()
+        """This batch's summed rewards, NaN where unscorable (`fair_trl.reward_sum`)."""
+        assert self._last_rewards_per_func is not None, "_calculate_rewards did not run"
+        return self.reward_sum(self._last_rewards_per_func, self._metrics["train"])
 
     def _replace_logged_advantages(self, advantages: list[float]) -> None:
         # TRL appended its own advantages for this batch to the completions table before we replaced
@@ -254,38 +205,11 @@ class FairGRPOTrainer(GRPOTrainer):
     # -- sampling -------------------------------------------------------------------------------
 
     def _get_train_sampler(self, dataset=None):
-        self._train_sampler = self._build_train_sampler(dataset if dataset is not None else self.train_dataset)
-        return self._train_sampler
-
-    def _build_train_sampler(self, dataset):
-        if not (self.args.balanced_sampling or self.args.sampling_weight_column):
-            # TRL's own sampler, as TRL builds it, but one that can be put at any epoch's order.
-            return EpochRepeatSampler(
-                data_source=dataset,
-                mini_repeat_count=self.num_generations,
-                batch_size=self.args.generation_batch_size // self.num_generations,
-                repeat_count=self.num_iterations * self.args.steps_per_generation,
-                shuffle=self.shuffle_dataset,
-                seed=self.args.seed,
-            )
-        if self.args.sampling_weight_column:
-            weights = column_weights(dataset, self.args.sampling_weight_column)
-        else:
-            # Only the metadata columns: images are never decoded to compute the weights.
-            columns = [c for c in [self.args.domain_column, *self.args.demographic_columns] if c]
-            rows = dataset.select_columns(columns).to_list()
-            keyer = self.group_keyer.sibling()
-            domains = [domain_key(r, self.args.domain_column) for r in rows]
-            weights = balanced_weights(domains, keyer.keys(rows, domains))
-        return BalancedRepeatSampler(
-            weights,
-            data_source=dataset,
-            mini_repeat_count=self.num_generations,
-            batch_size=self.args.generation_batch_size // self.num_generations,
-            repeat_count=self.num_iterations * self.args.steps_per_generation,
-            shuffle=True,
-            seed=self.args.seed,
+        dataset = dataset if dataset is not None else self.train_dataset
+        self._train_sampler = train_sampler(
+            dataset, self.args, self.num_generations, self.num_iterations, self.shuffle_dataset, self.group_keyer
         )
+        return self._train_sampler
 
     def _run_epoch(self, *args: Any, **kwargs: Any) -> Any:
         # A run resumed in a later epoch must draw that epoch's order, not the first epoch's. accelerate
@@ -299,50 +223,21 @@ class FairGRPOTrainer(GRPOTrainer):
     # -- fairness logging -----------------------------------------------------------------------
 
     def _record_rollouts(self, inputs: list[dict[str, Any]], completions: list[Any]) -> None:
-        mode = self._scoring_mode
-        if not self.args.demographic_columns or (mode == "train" and self.args.fairness_logging_steps <= 0):
-            return  # nothing would ever log (and clear) the buffer
-        rollouts = [self._rollout(row, completion) for row, completion in zip(inputs, completions, strict=True)]
-        if mode == "eval":
-            # Gathered batch by batch, in the eval sampler's order: with several processes accelerate pads the
-            # last batches with copies of the first rows (even_batches), and those come after every real row.
-            rollouts = gather_object(rollouts)
-            start, self._eval_position = self._eval_position, self._eval_position + len(rollouts)
-            if self._eval_total is not None:
-                rollouts = rollouts[: max(self._eval_total - start, 0)]
-        self._rollouts[mode].extend(r for r in rollouts if r is not None)
-
-    def _rollout(self, row: dict[str, Any], completion: Any) -> Rollout | None:
-        reference = row.get(self.args.solution_column)
-        if reference is None:
-            return None
-        groups = {c: self._fairness_keyer.attribute(c, row.get(c)) for c in self.args.demographic_columns}
-        answer = extract_answer(completion_text(completion))
-        return Rollout(answer, str(reference), domain_key(row, self.args.domain_column), groups)
+        self.fairness_log.record(self._scoring_mode, inputs, completions)
 
     def _fairness_logs(self, mode: str) -> dict[str, float]:
         """The fairness metrics of every process's rollouts since the last call; clears the buffer."""
-        # Evaluation rollouts were gathered batch by batch (_record_rollouts); training ones are gathered here.
-        rollouts = self._rollouts[mode] if mode == "eval" else gather_object(self._rollouts[mode])
-        self._rollouts[mode] = []
-        results = fairness_results(rollouts, self.args.demographic_columns)
-        if results:
-            self.fairness_results[mode] = results
-        return flatten_results(results)
+        return self.fairness_log.logs(mode)
 
     def get_eval_dataloader(self, eval_dataset: Any = None) -> Any:
         dataloader = super().get_eval_dataloader(eval_dataset)
-        self._eval_position = 0
-        self._eval_total = _sampler_length(dataloader)
+        self.fairness_log.start_eval(dataloader)
         return dataloader
 
     def _maybe_log_save_evaluate(self, *args: Any, **kwargs: Any) -> None:
         # Right after each optimizer step (and once more at an epoch's end, at the same step): the
         # trainer schedules its own fairness log, so no callback has to hold the trainer.
-        steps = self.args.fairness_logging_steps
-        step = self.state.global_step
-        if steps > 0 and self.args.demographic_columns and step % steps == 0 and step != self._fairness_logged_step:
-            self._fairness_logged_step = step
+        if self.fairness_log.due(self.state.global_step):
             self.log_fairness()
         super()._maybe_log_save_evaluate(*args, **kwargs)
 
@@ -357,7 +252,7 @@ class FairGRPOTrainer(GRPOTrainer):
             self.control.should_log = should_log
 
     def evaluate(self, *args: Any, **kwargs: Any) -> dict[str, float]:
-        self._rollouts["eval"] = []
+        self.fairness_log.clear("eval")
         return super().evaluate(*args, **kwargs)
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
@@ -400,7 +295,7 @@ class FairGRPOTrainer(GRPOTrainer):
     ) -> None:
         """Make the model card report `fairness` ({attribute: `compute_fairness` output}, e.g. an audit's) with
         its `figures` ((caption, path relative to output_dir)) and `note` (how to reproduce it)."""
-        self._card_audit = {"fairness": fairness, "figures": list(figures or []), "note": note}
+        self.card.use_audit(fairness, figures, note)
 
     def model_card_record(
         self,
@@ -416,33 +311,19 @@ class FairGRPOTrainer(GRPOTrainer):
         default the train dataset's domains. The fairness results are those of `use_audit_for_card` when it
         was called (the recipe's final audit), else `fairness_results["eval"]`, which `evaluate()` fills.
         """
-        args = self.args
-        column = args.domain_column
-        train = self.train_dataset
-        domains = None
-        if column and train is not None and column in (getattr(train, "column_names", None) or ()):
-            domains = dict(Counter(str(v) for v in train[column]))
-        # The repository's full id once `push_to_hub` created it; before that, args.hub_model_id.
-        hub_model_id = getattr(self, "hub_model_id", None) or args.hub_model_id
-        audit = self._card_audit
-        return ModelCardRecord.build(
-            base_model=_base_model_id(self.model),
-            method=args.advantage_estimator,
-            sampler=_sampler_of(args),
-            variants=self.estimator_spec.active_variants(args),
+        return self.card.record(
+            self.args,
+            self.model,
+            self.train_dataset,
+            self.estimator_spec,
+            trained_steps=self.state.global_step,
+            # The repository's full id once `push_to_hub` created it; before that, args.hub_model_id.
+            hub_model_id=getattr(self, "hub_model_id", None) or self.args.hub_model_id,
+            eval_fairness=self.fairness_results.get("eval") or {},
             dataset_names=dataset_names,
-            domains=domains,
-            hyperparameters=card_hyperparameters(args),
-            fairness=audit["fairness"] if audit else self.fairness_results.get("eval") or {},
             model_name=model_name,
-            output_dir=args.output_dir,
-            hub_model_id=hub_model_id,
             tags=tags,
             eval_split=eval_split,
-            trained_steps=self.state.global_step,
-            figures=audit["figures"] if audit else (),
-            evaluation_note=audit["note"] if audit else None,
-            adapter=adapter_settings(self.model),
         )
 
     # -- checkpoints ----------------------------------------------------------------------------
@@ -459,17 +340,6 @@ class FairGRPOTrainer(GRPOTrainer):
 
     _saving_checkpoint = False
 
-    def _checkpoints_can_split_generation_batches(self) -> bool:
-        # Checkpoints fall on optimizer steps; TRL generates every steps_per_generation * num_iterations
-        # micro-batches, so unless an optimizer step is a whole number of generation batches, some do.
-        return self.args.gradient_accumulation_steps % (self.args.steps_per_generation * self.num_iterations) != 0
-
-    def _checkpointed_states(self) -> dict[str, Any]:
-        states = {GROUP_KEYER_STATE_FILE: self.group_keyer.state_dict()}
-        if isinstance(self.estimator, Stateful):
-            states[ESTIMATOR_STATE_FILE] = self.estimator.state_dict()
-        return states
-
     def _get_output_dir(self, trial):
         # While a checkpoint is written, transformers' run folder is its staging folder (fair_trl.checkpoint_io).
         return self._checkpoint_staging or super()._get_output_dir(trial)
@@ -481,13 +351,7 @@ class FairGRPOTrainer(GRPOTrainer):
         staging = self.checkpoint_files.staging_dir(run_dir, step)
         if self.args.should_save:
             folder = self.checkpoint_files.begin(run_dir, step)
-            states = self._checkpointed_states()
-            inside_generation_batch = self._step % (self.args.steps_per_generation * self.num_iterations) != 0
-            if inside_generation_batch and self._generation_start is not None:
-                # TRL checkpoints no generation buffer, so a resume from here generates this batch again and
-                # the estimator sees it a second time: the checkpoint holds the states from before it.
-                states = self._generation_start
-            self.checkpoint_files.write_states(folder, states)
+            self.checkpoint_files.write_states(folder, self.checkpoint_state.to_save(self._step))
         self.accelerator.wait_for_everyone()  # the staging folder exists before any process writes into it
         self._checkpoint_staging, self._saving_checkpoint = staging, True
         try:
@@ -520,55 +384,7 @@ class FairGRPOTrainer(GRPOTrainer):
         super()._load_optimizer_and_scheduler(checkpoint)
         if checkpoint is None:
             return
-        states = self.checkpoint_files.read_states(checkpoint, (GROUP_KEYER_STATE_FILE, ESTIMATOR_STATE_FILE))
-        if self.accelerator.num_processes > 1:
-            # Only the saving process wrote these (one per node with save_on_each_node). Without a filesystem
-            # shared by all nodes the others would find none and resume from fresh statistics, computing other
-            # advantages than process 0: process 0's copy is the run's.
-            broadcast_object_list(states, from_process=0)
-        keyer_state, estimator_state = states
-        if keyer_state is not None:
-            self.group_keyer.load_state_dict(keyer_state)
-        if not isinstance(self.estimator, Stateful):
-            return
-        if estimator_state is None:
-            logger.warning(
-                "%s has no %s: the advantage estimator's running statistics start afresh from this resume",
-                checkpoint,
-                ESTIMATOR_STATE_FILE,
-            )
-            return
-        self.estimator.load_state_dict(estimator_state)
-
-
-def _sampler_length(dataloader: Any) -> int | None:
-    """Samples in a (possibly accelerate-wrapped) dataloader's sampler, without padding; None if unknown."""
-    batch_sampler = getattr(dataloader, "batch_sampler", None)
-    while batch_sampler is not None and not hasattr(batch_sampler, "sampler"):
-        batch_sampler = getattr(batch_sampler, "batch_sampler", None)
-    sampler = getattr(batch_sampler, "sampler", None)
-    try:
-        return len(sampler)
-    except TypeError:  # an iterable dataset's sampler has no length
-        return None
-
-
-def _sampler_of(args: FairGRPOConfig) -> str | None:
-    if args.balanced_sampling:
-        return BALANCED_SAMPLER
-    if args.sampling_weight_column:
-        return WEIGHTED_SAMPLER_PREFIX + args.sampling_weight_column
-    return None
-
-
-def _base_model_id(model: Any) -> str:
-    peft_config = getattr(model, "peft_config", None)
-    if isinstance(peft_config, Mapping) and peft_config:
-        name = next(iter(peft_config.values())).base_model_name_or_path
-        if name:
-            return str(name)
-    config = getattr(model, "config", None)
-    return str(getattr(config, "_name_or_path", "") or "unknown")
+        self.checkpoint_state.restore(checkpoint, self.accelerator.num_processes)
 
 
 def _check_sampling(dataset: Any, config: FairGRPOConfig) -> None:
@@ -585,26 +401,6 @@ def _check_sampling(dataset: Any, config: FairGRPOConfig) -> None:
             f"{setting} needs a map-style train_dataset, got {type(dataset).__name__}: transformers draws an "
             "iterable dataset in stream order and never asks for a sampler, so the setting would be ignored. Load "
             "the data as a datasets.Dataset (no streaming), or unset it and weight the stream yourself"
-        )
-
-
-def _check_launch(accelerator: Any) -> None:
-    """Refuse a launch whose processes would each train alone; warn when FSDP was asked for and is not used."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        world_size = torch.distributed.get_world_size()
-        if world_size != accelerator.num_processes:
-            raise RuntimeError(
-                f"launched as {world_size} processes, but accelerate set up a {accelerator.num_processes}-process "
-                f"run ({accelerator.distributed_type}): each process would train alone on the whole data and write "
-                "the same output_dir. On a machine without GPUs pass use_cpu=True (--use_cpu true) for CPU "
-                "processes (gloo); otherwise check that every process sees its GPU"
-            )
-    asked_for_fsdp = os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
-    if asked_for_fsdp and accelerator.distributed_type != DistributedType.FSDP:
-        logger.warning(
-            "The accelerate config asks for FSDP, but accelerate set up %s: FSDP is enabled for GPU-class devices "
-            "only, so the model is replicated on every process (DDP), not sharded",
-            accelerator.distributed_type,
         )
 
 

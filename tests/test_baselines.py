@@ -13,8 +13,8 @@ from conftest import RecordingTrainer, length_reward, text_dataset, trainer_conf
 from fair_trl import FairGRPOConfig, FairGRPOTrainer
 from fair_trl.advantages import grpo
 from fair_trl.advantages.baselines import GroupDROAdvantage, reinforce_pp, rloo
+from fair_trl.checkpoint_io import ESTIMATOR_STATE_FILE
 from fair_trl.sampling import BalancedRepeatSampler, balanced_weights
-from fair_trl.trainer import ESTIMATOR_STATE_FILE
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 

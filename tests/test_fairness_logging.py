@@ -51,7 +51,7 @@ class RecordingTrainer(FairGRPOTrainer):
         self.windows = []
 
     def _fairness_logs(self, mode):
-        self.windows.append((mode, self.state.global_step, list(self._rollouts[mode])))
+        self.windows.append((mode, self.state.global_step, list(self.fairness_log.rollouts[mode])))
         return super()._fairness_logs(mode)
 
 
@@ -171,6 +171,6 @@ def test_fairness_logging_can_be_turned_off(tmp_path):
     trainer.train()
     assert not any(k.startswith("fairness/") for row in trainer.state.log_history for k in row)
     # Nothing is buffered either: with no log to clear it, a long run would grow without bound.
-    assert trainer._rollouts["train"] == []
+    assert trainer.fairness_log.rollouts["train"] == []
     with pytest.raises(ValueError, match="fairness_logging_steps must be >= 0"):
         FairGRPOConfig(output_dir=str(tmp_path), fairness_logging_steps=-1)

@@ -13,9 +13,9 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
 
 from fair_trl import FairGRPOConfig, FairGRPOTrainer
+from fair_trl.checkpoint_io import ESTIMATOR_STATE_FILE
 from fair_trl.model_card import adapter_settings
 from fair_trl.models import build_tiny_text_model, save_tiny_model
-from fair_trl.trainer import ESTIMATOR_STATE_FILE
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 

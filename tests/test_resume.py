@@ -30,9 +30,9 @@ import torch
 from safetensors.torch import load_file
 from transformers.trainer_utils import get_last_checkpoint
 
+from fair_trl.checkpoint_io import ESTIMATOR_STATE_FILE
 from fair_trl.models import save_tiny_model
 from fair_trl.rollout_fairness import Rollout, fairness_metrics
-from fair_trl.trainer import ESTIMATOR_STATE_FILE
 
 WORKER = Path(__file__).parent / "scripts" / "resume_worker.py"
 STEPS, CHECKPOINT, FAIRNESS_STEPS, ROLLOUTS_PER_STEP = 6, 3, 2, 8

@@ -28,9 +28,10 @@ from datasets import IterableDataset
 
 from fair_trl import FairGRPOConfig, FairGRPOTrainer
 from fair_trl.advantages import generation_batches, get_spec, zero_signal
+from fair_trl.checkpoint_io import ESTIMATOR_STATE_FILE, GROUP_KEYER_STATE_FILE
+from fair_trl.launch import check_launch
 from fair_trl.rewards import completion_text
 from fair_trl.sampling import EpochRepeatSampler
-from fair_trl.trainer import ESTIMATOR_STATE_FILE, GROUP_KEYER_STATE_FILE, _check_launch
 
 
 class Recorder(FairGRPOTrainer):
@@ -211,7 +212,7 @@ def test_continuous_batching_evaluation_trains_nothing(text_model_dir, tmp_path)
     assert not run.model.training
     assert run.fair_estimator.state_dict() == before  # no eval batch was taken for a training batch
     assert run.group_keyer.summary()["rows"] == 0
-    assert not run._metrics["train"] and run._rollouts["train"] == []
+    assert not run._metrics["train"] and run.fairness_log.rollouts["train"] == []
     assert run.fairness_results["eval"]["sex"]["n"] == 16 and "eval_fairness/sex/f1" in metrics
 
 
@@ -247,7 +248,7 @@ def test_fairness_log_reads_tool_calling_completions(text_model_dir, tmp_path):
         [{"role": "assistant", "content": "\\boxed{Pneumonia}"}],
     ]  # fmt: skip
     run._record_rollouts(rows, completions)
-    assert [r.answer for r in run._rollouts["train"]] == [None, None, "Normal", "Pneumonia"]
+    assert [r.answer for r in run.fairness_log.rollouts["train"]] == [None, None, "Normal", "Pneumonia"]
 
 
 # -- item 10: the share of prompts without signal -----------------------------------------------------------------
@@ -326,6 +327,6 @@ def test_a_launch_accelerate_did_not_join_is_refused(monkeypatch):
     monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
     monkeypatch.setattr(torch.distributed, "get_world_size", lambda: 2)
     with pytest.raises(RuntimeError, match=r"launched as 2 processes, but accelerate set up a 1-process run.*use_cpu"):
-        _check_launch(Single())
+        check_launch(Single())
     Single.num_processes = 2
-    _check_launch(Single())
+    check_launch(Single())

@@ -10,8 +10,8 @@ from transformers import AutoModelForCausalLM
 from trl import GRPOConfig, GRPOTrainer
 
 from fair_trl import FairGRPOAdvantage, FairGRPOConfig, FairGRPOTrainer
+from fair_trl.checkpoint_io import ESTIMATOR_STATE_FILE
 from fair_trl.models import build_tiny_vlm
-from fair_trl.trainer import ESTIMATOR_STATE_FILE
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 

@@ -32,9 +32,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 from datasets import Dataset  # noqa: E402
 
-import fair_trl.trainer  # noqa: E402
+import fair_trl.rollout_log  # noqa: E402
 from fair_trl import FairGRPOConfig, FairGRPOTrainer  # noqa: E402
-from fair_trl.trainer import ESTIMATOR_STATE_FILE, GROUP_KEYER_STATE_FILE  # noqa: E402
+from fair_trl.checkpoint_io import ESTIMATOR_STATE_FILE, GROUP_KEYER_STATE_FILE  # noqa: E402
 
 NUM_GENERATIONS = 4
 SEED = 11
@@ -124,7 +124,7 @@ class RecordingTrainer(FairGRPOTrainer):
         return inputs
 
     def _fairness_logs(self, mode):
-        local = len(self._rollouts[mode])
+        local = len(self.fairness_log.rollouts[mode])
         logs = super()._fairness_logs(mode)
         self.fairness_logs.append({"mode": mode, "step": self.state.global_step, "local": local, "logs": logs})
         return logs
@@ -180,13 +180,13 @@ def empty_rank(model_dir: str, out: str) -> dict:
 
 def eval_padding(model_dir: str, out: str) -> dict:
     scored = []
-    original = fair_trl.trainer.fairness_results
+    original = fair_trl.rollout_log.fairness_results
 
     def recording(rollouts, attributes):
         scored.append([[r.reference, r.dataset, dict(r.groups)] for r in rollouts])
         return original(rollouts, attributes)
 
-    fair_trl.trainer.fairness_results = recording
+    fair_trl.rollout_log.fairness_results = recording
     try:
         data = dataset(5, solution=lambda i: f"label{i}")
         args = config(os.path.join(out, "eval_padding"), per_device_eval_batch_size=2, num_generations_eval=1)
@@ -195,7 +195,7 @@ def eval_padding(model_dir: str, out: str) -> dict:
         )
         metrics = trainer.evaluate()
     finally:
-        fair_trl.trainer.fairness_results = original
+        fair_trl.rollout_log.fairness_results = original
     return {
         "scored": scored,
         "references": list(data["solution"]),

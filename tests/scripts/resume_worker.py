@@ -120,7 +120,7 @@ class RecordingTrainer(FairGRPOTrainer):
         return output
 
     def _record_rollouts(self, inputs, completions):
-        buffer = self._rollouts["train" if self.model.training else "eval"]
+        buffer = self.fairness_log.rollouts["train" if self.model.training else "eval"]
         before = len(buffer)
         super()._record_rollouts(inputs, completions)
         for rollout in buffer[before:]:
@@ -128,7 +128,7 @@ class RecordingTrainer(FairGRPOTrainer):
 
     def _fairness_logs(self, mode):
         if mode == "train":
-            window = self._rollouts[mode]
+            window = self.fairness_log.rollouts[mode]
             self.windows.append(
                 {
                     "logged_at": self.state.global_step,
