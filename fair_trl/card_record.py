@@ -37,6 +37,8 @@ class TrainingCard:
         figures: list[tuple[str, str]] | None = None,
         note: str | None = None,
     ) -> None:
+        """Report `fairness` ({attribute: `compute_fairness` output}, e.g. an audit's) with its `figures`
+        ((caption, path relative to output_dir)) and `note` (how to reproduce it)."""
         self.audit = {"fairness": fairness, "figures": list(figures or []), "note": note}
 
     def record(
@@ -50,9 +52,9 @@ class TrainingCard:
         hub_model_id: str | None,
         eval_fairness: dict[str, dict[str, Any]],
         dataset_names: str | list[str] | None,
-        model_name: str | None,
-        tags: str | list[str] | None,
-        eval_split: str | None,
+        model_name: str | None = None,
+        tags: str | list[str] | None = None,
+        eval_split: str | None = "test",
     ) -> ModelCardRecord:
         """The record of a run under `args` (its `FairGRPOConfig`) with estimator `spec`, trained `trained_steps`.
 

@@ -8,7 +8,7 @@ already computed (`_calculate_rewards`), sums them exactly as TRL does, hands th
 All advantage math lives in `fair_trl.advantages`. The rest has an owner of its own, which the overrides
 here hand off to: the rewards' sum (`fair_trl.reward_sum`), the rollouts' fairness log
 (`fair_trl.rollout_log`), the checkpoint states (`fair_trl.checkpoint_io`), the model card record
-(`fair_trl.card_record`) and the train sampler (`fair_trl.sampling`).
+(`fair_trl.card_record`), the train sampler (`fair_trl.sampling`) and the batch's groups (`fair_trl.batch_groups`).
 """
 
 from __future__ import annotations
@@ -19,18 +19,18 @@ import os
 from typing import Any
 
 import torch
-from accelerate.utils import gather_object
 from datasets import IterableDataset as StreamingDataset
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import rotate_checkpoints
 from trl import GRPOTrainer
 
 from fair_trl.advantages import FairGRPOAdvantage, get_spec, zero_signal
+from fair_trl.batch_groups import estimator_metrics, gather_batch_groups
 from fair_trl.card_record import TrainingCard
 from fair_trl.checkpoint_io import CheckpointFiles, CheckpointState, group_settings
 from fair_trl.checkpoints import load_converted_weights
 from fair_trl.config import FairGRPOConfig
-from fair_trl.groups import GroupKeyer, domain_key
+from fair_trl.groups import GroupKeyer
 from fair_trl.inspection import check_columns, fit_train_groups
 from fair_trl.launch import check_launch
 from fair_trl.model_card import ModelCardRecord, write_model_card
@@ -177,30 +177,11 @@ class FairGRPOTrainer(GRPOTrainer):
     # -- group metadata -------------------------------------------------------------------------
 
     def _gather_group_metadata(self, inputs: list[dict[str, Any]]) -> tuple[list[str], list[str | None]]:
-        """Per-completion domains and group keys of the global batch, identical on every rank."""
-        domain_column = self.args.domain_column
-        local = [
-            (domain_key(row, domain_column), {c: row.get(c) for c in self.args.demographic_columns}) for row in inputs
-        ]
-        # Raw values are gathered and keyed on every rank, so keys and invalid-value counts agree.
-        # Each prompt's G completions are contiguous copies of one row: key (and count) it once.
-        rows = gather_object(local)
-        g = self.num_generations
-        domains = [domain for domain, _ in rows]
-        prompt_groups = self.group_keyer.keys((demographics for _, demographics in rows[::g]), domains[::g])
-        return domains, [group for group in prompt_groups for _ in range(g)]
+        return gather_batch_groups(inputs, self.args, self.group_keyer, self.num_generations)
 
     def _log_estimator_step(self, groups: list[str | None]) -> None:
-        info = self.estimator.last_info
-        metrics = self._metrics["train"]
-        prefix = self.estimator.metric_prefix
-        for key, weight in info.get("weight", {}).items():
-            metrics[f"{prefix}/weight/{key}"].append(weight)
-        if "num_clusters" in info:
-            metrics["fair/num_clusters"].append(float(info["num_clusters"]))
-        metrics["fair/unknown_group_frac"].append(sum(g is None for g in groups) / max(len(groups), 1))
-        summary = self.group_keyer.summary()
-        metrics["fair/invalid_demographics"].append(float(sum(summary["invalid"].values())))
+        for key, value in estimator_metrics(self.estimator, groups, self.group_keyer).items():
+            self._metrics["train"][key].append(value)
 
     # -- sampling -------------------------------------------------------------------------------
 
@@ -264,52 +245,24 @@ class FairGRPOTrainer(GRPOTrainer):
 
     # -- publishing -----------------------------------------------------------------------------
 
-    def create_model_card(
-        self,
-        model_name: str | None = None,
-        dataset_name: str | list[str] | None = None,
-        tags: str | list[str] | None = None,
-        **kwargs: Any,
-    ) -> None:
+    def create_model_card(self, model_name=None, dataset_name=None, tags=None, **kwargs: Any) -> None:
         """The fairness model card (fair_trl.model_card) instead of TRL's; `push_to_hub` uploads it."""
         if self.is_world_process_zero():
             self.write_model_card(dataset_name, model_name=model_name, tags=tags)
 
-    def write_model_card(
-        self,
-        dataset_names: str | list[str] | None = None,
-        *,
-        model_name: str | None = None,
-        tags: str | list[str] | None = None,
-        eval_split: str | None = "test",
-    ) -> str:
-        """Write ``<output_dir>/README.md``: the card of `model_card_record`; returns its path."""
-        record = self.model_card_record(dataset_names, model_name=model_name, tags=tags, eval_split=eval_split)
-        return write_model_card(record, self.args.output_dir)
+    def write_model_card(self, dataset_names: str | list[str] | None = None, **card: Any) -> str:
+        """Write ``<output_dir>/README.md``, the card of `model_card_record`; returns its path."""
+        return write_model_card(self.model_card_record(dataset_names, **card), self.args.output_dir)
 
-    def use_audit_for_card(
-        self,
-        fairness: dict[str, dict[str, Any]],
-        figures: list[tuple[str, str]] | None = None,
-        note: str | None = None,
-    ) -> None:
-        """Make the model card report `fairness` ({attribute: `compute_fairness` output}, e.g. an audit's) with
-        its `figures` ((caption, path relative to output_dir)) and `note` (how to reproduce it)."""
+    def use_audit_for_card(self, fairness: dict[str, dict[str, Any]], figures=None, note=None) -> None:
+        """Make the card report an audit of the final model, not the last evaluation (`TrainingCard.use_audit`)."""
         self.card.use_audit(fairness, figures, note)
 
-    def model_card_record(
-        self,
-        dataset_names: str | list[str] | None = None,
-        *,
-        model_name: str | None = None,
-        tags: str | list[str] | None = None,
-        eval_split: str | None = "test",
-    ) -> ModelCardRecord:
-        """What the model card says of this run: method, hyperparameters, data and the last eval's fairness.
+    def model_card_record(self, dataset_names: str | list[str] | None = None, **card: Any) -> ModelCardRecord:
+        """What the model card says of this run (`TrainingCard.record`; `card`: model_name, tags, eval_split).
 
         `dataset_names`: what the model was trained on (a Hub id goes into the card's metadata); by
-        default the train dataset's domains. The fairness results are those of `use_audit_for_card` when it
-        was called (the recipe's final audit), else `fairness_results["eval"]`, which `evaluate()` fills.
+        default the train dataset's domains.
         """
         return self.card.record(
             self.args,
@@ -321,9 +274,7 @@ class FairGRPOTrainer(GRPOTrainer):
             hub_model_id=getattr(self, "hub_model_id", None) or self.args.hub_model_id,
             eval_fairness=self.fairness_results.get("eval") or {},
             dataset_names=dataset_names,
-            model_name=model_name,
-            tags=tags,
-            eval_split=eval_split,
+            **card,
         )
 
     # -- checkpoints ----------------------------------------------------------------------------
