@@ -10,6 +10,7 @@ All advantage math lives in `fair_trl.advantages`.
 
 from __future__ import annotations
 
+import copy
 import inspect
 import logging
 import os
@@ -29,7 +30,7 @@ from fair_trl.checkpoint_io import ESTIMATOR_STATE_FILE, GROUP_KEYER_STATE_FILE,
 from fair_trl.checkpoints import load_converted_weights
 from fair_trl.config import FairGRPOConfig
 from fair_trl.groups import GroupKeyer, domain_key
-from fair_trl.inspection import check_columns, fit_train_groups
+from fair_trl.inspection import dataset_column_names, fit_train_groups, resolve_columns
 from fair_trl.model_card import (
     BALANCED_SAMPLER,
     WEIGHTED_SAMPLER_PREFIX,
@@ -51,8 +52,9 @@ class FairGRPOTrainer(GRPOTrainer):
     """`GRPOTrainer` whose advantages come from `FairGRPOConfig.advantage_estimator`.
 
     Takes exactly `GRPOTrainer`'s arguments; `args` must be a `FairGRPOConfig` (or None for defaults).
-    The train dataset's domain and demographic columns (named in the config) reach each batch row
-    because TRL keeps unused columns by default.
+    The train dataset's domain and demographic columns (named in the config, or at its "auto" defaults
+    those of `dataset`, `sex` and `age` the data has) reach each batch row because TRL keeps unused
+    columns by default; `self.args` is a copy of `args` holding the columns used.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -62,18 +64,20 @@ class FairGRPOTrainer(GRPOTrainer):
             model = bound.arguments["model"]
             name = model if isinstance(model, str) else model.config._name_or_path
             config = FairGRPOConfig(f"{str(name).rstrip('/').split('/')[-1]}-FairGRPO")
-            bound.arguments["args"] = config
         elif not isinstance(config, FairGRPOConfig):
             raise TypeError(f"FairGRPOTrainer needs args=FairGRPOConfig(...), got {type(config).__name__}")
+        # self.args holds the columns this train dataset resolved; the caller's config keeps its settings, so it
+        # can build another trainer on other data.
+        config = copy.copy(config)
+        bound.arguments["args"] = config
         self.estimator_spec = get_spec(config.advantage_estimator)
         self.estimator = self.estimator_spec.factory(config)
-        train_dataset = bound.arguments.get("train_dataset")
-        _check_sampling(train_dataset, config)
-        _check_columns(train_dataset, config)
-        if "reward_funcs" in bound.arguments:
-            bound.arguments["reward_funcs"] = with_config_label_sets(bound.arguments["reward_funcs"], config)
 
+        # TRL's own argument checks run first, with TRL's messages; then the dataset's against the settings.
         super().__init__(*bound.args[1:], **bound.kwargs)
+        _check_sampling(self.train_dataset, config)
+        _resolve_columns(self.train_dataset, config, self.accelerator.is_main_process, self.fair_estimator is not None)
+        self.reward_funcs = with_config_label_sets(self.reward_funcs, config)
         _check_launch(self.accelerator)
         check_train_size(self.train_dataset, self.args, self.num_generations, self.accelerator.num_processes)
         if getattr(self, "vllm_generation", None) is not None:
@@ -84,7 +88,7 @@ class FairGRPOTrainer(GRPOTrainer):
 
         # Fitted on the train rows (which columns each domain records, where partly known rows go); the
         # table of groups is logged now, and put in W&B when training begins.
-        group_table = fit_train_groups(self.group_keyer, train_dataset, config)
+        group_table = fit_train_groups(self.group_keyer, self.train_dataset, config)
         if group_table is not None:
             self.add_callback(group_table)
         # Whether the batch being scored started in training or evaluation (see _generate_and_score_completions).
@@ -273,7 +277,8 @@ class FairGRPOTrainer(GRPOTrainer):
         else:
             # Only the metadata columns: images are never decoded to compute the weights.
             columns = [c for c in [self.args.domain_column, *self.args.demographic_columns] if c]
-            rows = dataset.select_columns(columns).to_list()
+            # No domain or demographic column (data without them): one cell, every row drawn alike.
+            rows = dataset.select_columns(columns).to_list() if columns else [{}] * len(dataset)
             keyer = self.group_keyer.sibling()
             domains = [domain_key(r, self.args.domain_column) for r in rows]
             weights = balanced_weights(domains, keyer.keys(rows, domains))
@@ -608,6 +613,14 @@ def _check_launch(accelerator: Any) -> None:
         )
 
 
-def _check_columns(dataset: Any, config: FairGRPOConfig) -> None:
-    """Fail at construction, not mid-run, when a configured column is missing from the train data."""
-    check_columns(getattr(dataset, "column_names", None), config)
+def _resolve_columns(dataset: Any, config: FairGRPOConfig, main_process: bool, latent_groups: bool) -> None:
+    """Write the columns `dataset` resolves for `config`'s settings into it (fair_trl.inspection.resolve_columns).
+
+    At construction, not mid-run: a column named explicitly and missing is an error. Default columns the data
+    lacks are dropped, said once. A stream without known features is resolved by its first row.
+    """
+    resolved = resolve_columns(dataset_column_names(dataset), config)
+    resolved.write_to(config)
+    note = resolved.note(latent_groups=latent_groups)
+    if note and main_process:
+        logger.warning(note)
