@@ -164,10 +164,12 @@ def _add_inspect_parser(commands: Any) -> None:
     inspect.add_argument("--config", default=None, metavar="RECIPE.yaml",
                          help="read domain_column, demographic_columns, age_bins, max_age, solution_column and "
                          "label_sets from this recipe")  # fmt: skip
-    inspect.add_argument("--domain-column", default=None, help="column naming each row's domain (default: dataset)")
+    inspect.add_argument("--domain-column", default=None,
+                         help="column naming each row's domain (default: dataset, when the data has it)")  # fmt: skip
     inspect.add_argument("--no-domain-column", action="store_true", help="every row in one domain")
     inspect.add_argument("--demographic-columns", nargs="*", default=None, metavar="COLUMN[:KIND]",
-                         help="demographic columns, kind age, sex or category (default: sex age)")  # fmt: skip
+                         help="demographic columns, kind age, sex or category (default: sex age, those the data "
+                         "has); none given: no groups")  # fmt: skip
     inspect.add_argument("--label-sets", default=None, metavar="JSON|FILE",
                          help="declared label sets {domain: [label, ...]}, as JSON or a .json/.yaml file")  # fmt: skip
     inspect.add_argument("--solution-column", default=None, help="column of reference labels (default: solution)")
@@ -184,7 +186,7 @@ def _inspect(args: argparse.Namespace) -> int:
     import yaml
 
     from fair_trl.data.loading import load_split
-    from fair_trl.inspection import ColumnSettings, check_columns, format_inspection, inspect_dataset
+    from fair_trl.inspection import ColumnSettings, format_inspection, inspect_dataset
 
     try:
         recipe: dict[str, Any] = {}
@@ -205,8 +207,7 @@ def _inspect(args: argparse.Namespace) -> int:
             settings.domain_column = None
         datasets.disable_progress_bars()
         dataset = load_split(args.dataset, args.split)
-        check_columns(dataset.column_names, settings, dataset_name=str(args.dataset))
-        report = inspect_dataset(dataset, settings)
+        report = inspect_dataset(dataset, settings, dataset_name=str(args.dataset))
         if args.json_out:
             _write_text(args.json_out, json.dumps(report, indent=2) + "\n")
     except (OSError, ValueError, yaml.YAMLError) as err:

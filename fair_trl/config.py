@@ -10,7 +10,7 @@ from typing import ClassVar
 from trl import GRPOConfig
 
 from fair_trl.advantages import REGISTRY, SCALE_REWARDS, get_spec, scale_rewards_choices, stats_window_batches
-from fair_trl.groups import GroupKeyer, parse_column
+from fair_trl.groups import AUTO, DEFAULT_DEMOGRAPHIC_COLUMNS, GroupKeyer, is_auto, parse_column
 from fair_trl.labels import read_label_sets
 
 
@@ -35,12 +35,15 @@ class FairGRPOConfig(GRPOConfig):
 
         > Parameters that define domains and demographic groups
 
-        domain_column (`str` or `None`, defaults to `"dataset"`):
-            Dataset column naming each row's domain. None puts every row in one domain.
-        demographic_columns (`list[str]`, defaults to `["sex", "age"]`):
+        domain_column (`str` or `None`, defaults to `"auto"`):
+            Dataset column naming each row's domain. 'auto': 'dataset' when the train dataset has it, else one
+            domain (with a warning). None puts every row in one domain. A column named here must exist.
+        demographic_columns (`list[str]`, defaults to `["auto"]`):
             Dataset columns whose values, intersected, form a row's demographic group: 'name' (its kind from the
-            name) or 'name:kind' with kind age, sex or category (e.g. 'PatientAge:age'). Empty: no groups. The
-            kinds move to demographic_kinds.
+            name) or 'name:kind' with kind age, sex or category (e.g. 'PatientAge:age'). ['auto']: 'sex' and
+            'age', those the train dataset has (with a warning naming the others; none: every prompt in latent
+            groups, as FairGRPO-ND). Empty: no groups. A column named here must exist. The kinds move to
+            demographic_kinds.
         demographic_kinds (`dict[str, str]` or `None`, defaults to `None`):
             Kind (age, sex or category) of demographic columns, {column: kind}; filled from the 'name:kind'
             entries of demographic_columns.
@@ -61,10 +64,11 @@ class FairGRPOConfig(GRPOConfig):
             Elbow rule: add a cluster while it removes at least this fraction of the last drop.
         cluster_pool_size (`int`, defaults to `1024`):
             Most recent unlabeled prompts per domain that clustering sees (bounds state).
-        fair_reward_min (`float`, defaults to `0.0`):
-            Lowest reward the reward functions can give (0 for the paper's rewards in [0, 1]): temperatures T =
-            sqrt(N) * (rbar - fair_reward_min) measure the mean reward from it, so T is never negative. A reward
-            below it is refused.
+        fair_reward_min (`float` or `None`, defaults to `None`):
+            Lowest reward the reward functions can give: temperatures T = sqrt(N) * (rbar - fair_reward_min)
+            measure the mean reward from it, so T is never negative. A reward below it is refused. None (default):
+            the lowest reward seen so far, 0 until a reward below 0 arrives (the paper's rewards in [0, 1] are
+            measured from 0; a reward model's scores from the lowest one seen).
 
         > FairGRPO variants (off by default, which is the paper's method)
 
@@ -144,16 +148,23 @@ class FairGRPOConfig(GRPOConfig):
     )
 
     # Parameters that define domains and demographic groups
+    # The AUTO defaults are resolved against the train dataset by the trainer (fair_trl.inspection.resolve_columns),
+    # which writes the columns it uses into its args.
     domain_column: str | None = field(
-        default="dataset",
-        metadata={"help": "Dataset column naming each row's domain. None puts every row in one domain."},
+        default=AUTO,
+        metadata={
+            "help": "Dataset column naming each row's domain. 'auto': 'dataset' when the train dataset has it, else "
+            "one domain (with a warning). None puts every row in one domain. A column named here must exist."
+        },
     )
     demographic_columns: list[str] = field(
-        default_factory=lambda: ["sex", "age"],
+        default_factory=lambda: [AUTO],
         metadata={
             "help": "Dataset columns whose values, intersected, form a row's demographic group: 'name' (its kind "
-            "from the name) or 'name:kind' with kind age, sex or category (e.g. 'PatientAge:age'). Empty: no "
-            "groups. The kinds move to demographic_kinds."
+            "from the name) or 'name:kind' with kind age, sex or category (e.g. 'PatientAge:age'). ['auto']: 'sex' "
+            "and 'age', those the train dataset has (with a warning naming the others; none: every prompt in latent "
+            "groups, as FairGRPO-ND). Empty: no groups. A column named here must exist. The kinds move to "
+            "demographic_kinds."
         },
     )
     demographic_kinds: dict[str, str] | str | None = field(
@@ -190,12 +201,13 @@ class FairGRPOConfig(GRPOConfig):
         metadata={"help": "Most recent unlabeled prompts per domain that clustering sees (bounds state)."},
     )
 
-    fair_reward_min: float = field(
-        default=0.0,
+    fair_reward_min: float | None = field(
+        default=None,
         metadata={
-            "help": "Lowest reward the reward functions can give (0 for the paper's rewards in [0, 1]): temperatures "
-            "T = sqrt(N) * (rbar - fair_reward_min) measure the mean reward from it, so T is never negative. A reward "
-            "below it is refused.",
+            "help": "Lowest reward the reward functions can give: temperatures T = sqrt(N) * (rbar - fair_reward_min) "
+            "measure the mean reward from it, so T is never negative. A reward below it is refused. None (default): "
+            "the lowest reward seen so far, 0 until a reward below 0 arrives (the paper's rewards in [0, 1] are "
+            "measured from 0; a reward model's scores from the lowest one seen).",
         },
     )
 
@@ -267,8 +279,8 @@ class FairGRPOConfig(GRPOConfig):
         self.label_sets = read_label_sets(self.label_sets)
         if not self.dro_step_size >= 0:
             raise ValueError(f"dro_step_size must be >= 0, got {self.dro_step_size}")
-        if not math.isfinite(self.fair_reward_min):
-            raise ValueError(f"fair_reward_min must be a finite number, got {self.fair_reward_min}")
+        if self.fair_reward_min is not None and not math.isfinite(self.fair_reward_min):
+            raise ValueError(f"fair_reward_min must be a finite number or None, got {self.fair_reward_min}")
         if not 0 <= self.fair_reward_floor <= 1:
             raise ValueError(f"fair_reward_floor must be in [0, 1], got {self.fair_reward_floor}")
         if self.fair_max_weight_ratio is not None and not self.fair_max_weight_ratio >= 1:
@@ -286,7 +298,9 @@ class FairGRPOConfig(GRPOConfig):
             raise ValueError(
                 f"advantage_estimator={self.advantage_estimator!r} needs multi_objective_aggregation="
                 f"'sum_then_normalize' (got {self.multi_objective_aggregation!r}): it works on each completion's "
-                "summed reward"
+                "summed reward, while TRL's 'normalize_then_sum' normalises each reward function on its own before "
+                f"summing. For TRL's {self.multi_objective_aggregation!r}, use advantage_estimator='grpo' (TRL's "
+                "GRPO advantages)"
             )
         self._resolve_scale_rewards()
         super().__post_init__()
@@ -301,6 +315,17 @@ class FairGRPOConfig(GRPOConfig):
         if kinds is not None and not isinstance(kinds, dict):
             raise ValueError(f"demographic_kinds must be a {{column: kind}} mapping, got {kinds!r}")
         columns = [self.demographic_columns] if isinstance(self.demographic_columns, str) else self.demographic_columns
+        if is_auto(columns):
+            # Resolved against the train dataset by the trainer; kinds may only be given for the default columns.
+            keyer = GroupKeyer(DEFAULT_DEMOGRAPHIC_COLUMNS, kinds=kinds)
+            self.demographic_columns = [AUTO]
+            self.demographic_kinds = {c: keyer.kinds[c] for c in kinds} if kinds else None
+            return
+        if AUTO in columns:
+            raise ValueError(
+                f"demographic_columns={list(columns)!r}: 'auto' stands alone for the default columns (sex and age, "
+                "those the train dataset has); to add others, list every column, e.g. ['sex', 'age', 'race']"
+            )
         declared = dict(parse_column(c) for c in columns if isinstance(c, str) and ":" in c)
         for column, kind in (kinds or {}).items():
             if column in declared and declared[column] != kind:
@@ -321,10 +346,12 @@ class FairGRPOConfig(GRPOConfig):
         elif value not in SCALE_REWARDS:
             raise ValueError(f"scale_rewards must be one of {list(SCALE_REWARDS)} or None, got {value!r}")
         elif value not in choices:
+            reason = get_spec(self.advantage_estimator).scale_rewards_reason
             raise ValueError(
                 f"advantage_estimator={self.advantage_estimator!r} implements scale_rewards={list(choices)} only, "
-                f"got {value!r}: it would be ignored. Leave scale_rewards unset (None) for the estimator's own, or "
-                "pick an estimator that implements it (grpo and group_dro implement all three)"
+                f"got {value!r}: it would be ignored{f' ({reason})' if reason else ''}. Leave scale_rewards unset "
+                f"(None) for the estimator's own; for TRL's scale_rewards={value!r}, use advantage_estimator='grpo' "
+                "(TRL's GRPO advantages; group_dro implements all three values too)"
             )
         self.scale_rewards = value
 

@@ -40,8 +40,11 @@ import numpy as np
 
 __all__ = [
     "ALL_DOMAINS",
+    "AUTO",
     "COLUMN_KINDS",
     "DEFAULT_AGE_BINS",
+    "DEFAULT_DEMOGRAPHIC_COLUMNS",
+    "DEFAULT_DOMAIN_COLUMN",
     "DEFAULT_MAX_AGE",
     "MISSING_TOKENS",
     "UNKNOWN",
@@ -51,6 +54,7 @@ __all__ = [
     "column_kind",
     "column_names",
     "domain_key",
+    "is_auto",
     "normalise_attribute",
     "parse_column",
     "parse_columns",
@@ -66,6 +70,13 @@ logger = logging.getLogger(__name__)
 UNKNOWN = "unknown"
 # The single domain of every row when no domain column is configured.
 ALL_DOMAINS = "all"
+
+# The column settings left at their defaults: the default columns, each where the train dataset has it
+# (`fair_trl.inspection.resolve_columns`). Until a dataset resolves them they read as the default columns,
+# a row lacking one reading as unknown.
+AUTO = "auto"
+DEFAULT_DOMAIN_COLUMN = "dataset"
+DEFAULT_DEMOGRAPHIC_COLUMNS: tuple[str, ...] = ("sex", "age")
 
 DEFAULT_AGE_BINS: tuple[float, ...] = (25, 50, 75)
 DEFAULT_MAX_AGE: float = 120
@@ -144,6 +155,13 @@ def parse_columns(specs: Iterable[str] | str) -> dict[str, ColumnKind]:
 def column_names(specs: Iterable[str] | str) -> tuple[str, ...]:
     """The dataset columns a `demographic_columns` list reads (its ``":kind"`` suffixes dropped)."""
     return tuple(parse_columns(specs))
+
+
+def is_auto(setting: Any) -> bool:
+    """Whether a `domain_column` or `demographic_columns` setting is the `AUTO` default (``"auto"`` or ``["auto"]``)."""
+    if isinstance(setting, str):
+        return setting == AUTO
+    return isinstance(setting, list | tuple) and list(setting) == [AUTO]
 
 
 def _is_nan(value: Any) -> bool:
@@ -363,9 +381,15 @@ class GroupKeyer:
 
     @classmethod
     def from_config(cls, config: Any) -> GroupKeyer:
-        """The keyer a `FairGRPOConfig` describes (its demographic columns and kinds, age bins and max age)."""
+        """The keyer a `FairGRPOConfig` describes (its demographic columns and kinds, age bins and max age).
+
+        `AUTO` columns, not yet resolved against a dataset, are the default columns.
+        """
         kinds = getattr(config, "demographic_kinds", None)
-        return cls(config.demographic_columns, config.age_bins, config.max_age, kinds=kinds)
+        columns = config.demographic_columns
+        if is_auto(columns):
+            columns = DEFAULT_DEMOGRAPHIC_COLUMNS
+        return cls(columns, config.age_bins, config.max_age, kinds=kinds)
 
     @property
     def specs(self) -> list[str]:

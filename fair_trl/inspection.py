@@ -1,6 +1,8 @@
-"""A dataset against the column settings of training: the column check and the groups FairGRPO will form.
+"""A dataset against the column settings of training: which columns are used, and the groups FairGRPO will form.
 
-* `check_columns`: every configured column (domain and demographic) must be in the train dataset,
+* `resolve_columns`: the domain and demographic columns a dataset gives the settings. A setting left at
+  its `AUTO` default takes the default column (``dataset``; ``sex`` and ``age``) where the dataset has
+  it and drops it where not, which `ResolvedColumns.note` says; a column named explicitly must be there,
   whatever the estimator (the fairness log reads the demographic columns under every one of them).
 * `inspect_rows`: per domain, rows, label set, the table of groups (`GroupKeyer.key`: a row with any
   attribute unknown is unlabeled, FairGRPO's latent groups) and warnings: small groups, values that did
@@ -16,17 +18,30 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from fair_trl.groups import UNKNOWN, GroupKeyer, InvalidDemographic, domain_key, normalise_attribute
+from fair_trl.groups import (
+    AUTO,
+    DEFAULT_DEMOGRAPHIC_COLUMNS,
+    DEFAULT_DOMAIN_COLUMN,
+    UNKNOWN,
+    GroupKeyer,
+    InvalidDemographic,
+    domain_key,
+    is_auto,
+    normalise_attribute,
+)
 from fair_trl.labels import canonical_labels, label_key, read_label_sets, to_label_set
 
 __all__ = [
     "MANY_CATEGORIES",
     "MIN_GROUP_PROMPTS",
     "ColumnSettings",
-    "check_columns",
+    "ResolvedColumns",
+    "dataset_column_names",
     "format_inspection",
     "fit_train_groups",
     "inspect_rows",
+    "resolve_columns",
+    "resolve_train_columns",
 ]
 
 logger = logging.getLogger(__name__)
@@ -45,8 +60,8 @@ LATENT = f"{UNKNOWN} (latent groups)"
 class ColumnSettings:
     """The `FairGRPOConfig` fields that say how rows become domains, groups and labels (same names, same defaults)."""
 
-    domain_column: str | None = "dataset"
-    demographic_columns: list[str] = dataclasses.field(default_factory=lambda: ["sex", "age"])
+    domain_column: str | None = AUTO
+    demographic_columns: list[str] = dataclasses.field(default_factory=lambda: [AUTO])
     demographic_kinds: dict[str, str] | None = None
     age_bins: list[float] = dataclasses.field(default_factory=lambda: [25.0, 50.0, 75.0])
     max_age: float = 120
@@ -66,26 +81,142 @@ class ColumnSettings:
 
     def keyer(self) -> GroupKeyer:
         """The training keyer; it logs no warnings, as the report lists the values that did not parse."""
-        columns = GroupKeyer(self.demographic_columns, kinds=self.demographic_kinds).columns
-        return GroupKeyer(
-            self.demographic_columns, self.age_bins, self.max_age, kinds=self.demographic_kinds, warned=set(columns)
+        columns = DEFAULT_DEMOGRAPHIC_COLUMNS if is_auto(self.demographic_columns) else self.demographic_columns
+        names = GroupKeyer(columns, kinds=self.demographic_kinds).columns
+        return GroupKeyer(columns, self.age_bins, self.max_age, kinds=self.demographic_kinds, warned=set(names))
+
+
+@dataclasses.dataclass(frozen=True)
+class ResolvedColumns:
+    """The column settings a dataset resolved (`resolve_columns`), and the default columns it lacks."""
+
+    domain_column: str | None
+    demographic_columns: list[str]
+    demographic_kinds: dict[str, str] | None
+    missing_defaults: tuple[str, ...] = ()
+    column_names: tuple[str, ...] | None = None
+
+    def write_to(self, settings: Any) -> Any:
+        """Set these three fields on `settings` (a `FairGRPOConfig` or `ColumnSettings`); returns it."""
+        settings.domain_column = self.domain_column
+        settings.demographic_columns = list(self.demographic_columns)
+        settings.demographic_kinds = dict(self.demographic_kinds) if self.demographic_kinds else None
+        return settings
+
+    def note(self, dataset_name: str = "train_dataset", latent_groups: bool = True) -> str | None:
+        """What training does without the default columns the dataset lacks, and how to declare others; None if none.
+
+        `latent_groups`: the estimator clusters prompts without demographics into latent groups (FairGRPO's).
+        """
+        if not self.missing_defaults:
+            return None
+        domain_missing = DEFAULT_DOMAIN_COLUMN in self.missing_defaults
+        demographics_missing = [c for c in DEFAULT_DEMOGRAPHIC_COLUMNS if c in self.missing_defaults]
+        lacks = []
+        if domain_missing:
+            lacks.append(f"column {DEFAULT_DOMAIN_COLUMN!r} (the default domain_column)")
+        if demographics_missing:
+            names = ", ".join(repr(c) for c in demographics_missing)
+            lacks.append(f"column(s) {names} (the default demographic_columns)")
+        effects = []
+        if domain_missing:
+            effects.append("every row is in one domain")
+        if not self.demographic_columns:
+            groups = (
+                "every prompt goes to latent groups found by clustering its rewards (FairGRPO-ND)"
+                if latent_groups
+                else "no prompt has a demographic group"
+            )
+            effects.append(f"{groups} and no fairness metrics are logged")
+        elif demographics_missing:
+            effects.append(f"demographic groups come from {', '.join(repr(c) for c in self.demographic_columns)} only")
+        columns = f" Its columns are {sorted(self.column_names)}." if self.column_names is not None else ""
+        return (
+            f"{dataset_name} has no {' and no '.join(lacks)}: {'; '.join(effects)}.{columns} If your data records "
+            "them under other names, declare them, e.g. domain_column='site', demographic_columns=['PatientSex:sex', "
+            "'PatientAge:age'] (YAML and command line: the same keys); domain_column=None and demographic_columns=[] "
+            "say there are none and silence this."
         )
 
 
-def check_columns(column_names: Sequence[str] | None, settings: Any, dataset_name: str = "train_dataset") -> None:
-    """Raise when a configured domain or demographic column is not in `column_names` (None: unknown, not checked)."""
-    if column_names is None:  # a stream with unknown features, or no dataset: checked per row later
-        return
-    keyer = GroupKeyer(settings.demographic_columns, kinds=getattr(settings, "demographic_kinds", None))
-    wanted = [("domain_column", settings.domain_column)] if settings.domain_column else []
-    wanted += [("demographic_columns", column) for column in keyer.columns]
-    for setting, column in wanted:
-        if column not in column_names:
-            raise ValueError(
-                f"{dataset_name} has no column {column!r} (FairGRPOConfig.{setting}); its columns are "
-                f"{sorted(column_names)}. Name an existing column, or set demographic_columns=[] to train without "
-                "demographic groups"
-            )
+def resolve_columns(
+    column_names: Sequence[str] | None, settings: Any, dataset_name: str = "train_dataset"
+) -> ResolvedColumns:
+    """The domain and demographic columns `settings` (a `FairGRPOConfig` or `ColumnSettings`) use on a dataset of
+    `column_names`.
+
+    A setting left at `AUTO` takes each default column the dataset has (``dataset``; ``sex``, ``age``) and drops
+    the others (listed in `missing_defaults`). A column named explicitly and missing is an error naming it and the
+    dataset's columns. `column_names` None (a stream whose columns are unknown): the default columns are kept, a
+    row lacking one reading as unknown, and explicit columns are not checked.
+    """
+    known = None if column_names is None else tuple(column_names)
+
+    def has(column: str) -> bool:
+        return known is None or column in known
+
+    missing: list[str] = []
+    domain = settings.domain_column
+    if is_auto(domain):
+        domain = DEFAULT_DOMAIN_COLUMN if has(DEFAULT_DOMAIN_COLUMN) else None
+        if domain is None:
+            missing.append(DEFAULT_DOMAIN_COLUMN)
+    elif domain is not None and not has(domain):
+        raise _missing_column("domain_column", domain, known, dataset_name)
+
+    kinds = getattr(settings, "demographic_kinds", None)
+    if is_auto(settings.demographic_columns):
+        demographics = [c for c in DEFAULT_DEMOGRAPHIC_COLUMNS if has(c)]
+        missing += [c for c in DEFAULT_DEMOGRAPHIC_COLUMNS if not has(c)]
+        kinds = {c: k for c, k in (kinds or {}).items() if c in demographics} or None
+    else:
+        demographics = list(settings.demographic_columns)
+        for column in GroupKeyer(demographics, kinds=kinds).columns:
+            if not has(column):
+                raise _missing_column("demographic_columns", column, known, dataset_name)
+    return ResolvedColumns(domain, demographics, kinds, tuple(missing), known)
+
+
+def _missing_column(setting: str, column: str, known: Sequence[str], dataset_name: str) -> ValueError:
+    way_out = (
+        "set domain_column=None to put every row in one domain"
+        if setting == "domain_column"
+        else "set demographic_columns=[] to train without demographic groups"
+    )
+    return ValueError(
+        f"{dataset_name} has no column {column!r} (FairGRPOConfig.{setting}); its columns are {sorted(known)}. "
+        f"Name an existing column, or {way_out}"
+    )
+
+
+def resolve_train_columns(dataset: Any, config: Any, main_process: bool, latent_groups: bool) -> None:
+    """Write the columns `dataset` resolves for `config`'s settings into `config` (`resolve_columns`).
+
+    At construction, not mid-run: a column named explicitly and missing is an error. Default columns the data
+    lacks are dropped, said once (by the main process). A stream without known features is resolved by its
+    first row.
+    """
+    resolved = resolve_columns(dataset_column_names(dataset), config)
+    resolved.write_to(config)
+    note = resolved.note(latent_groups=latent_groups)
+    if note and main_process:
+        logger.warning(note)
+
+
+def dataset_column_names(dataset: Any) -> list[str] | None:
+    """The columns of `dataset`; for a stream whose features are unknown, the keys of its first row.
+
+    None when there is nothing to read them from (no dataset, an empty stream).
+    """
+    if dataset is None:
+        return None
+    names = getattr(dataset, "column_names", None)
+    if names is not None:
+        return list(names)
+    if hasattr(dataset, "take"):  # a datasets.IterableDataset without features: its rows say
+        first = next(iter(dataset.take(1)), None)
+        return list(first) if isinstance(first, Mapping) else None
+    return None
 
 
 def inspect_rows(
@@ -93,9 +224,13 @@ def inspect_rows(
 ) -> dict[str, Any]:
     """What FairGRPO will see in `rows`: per domain its rows, label set and groups, and the warnings.
 
-    `keyer`: one already fitted on `rows` (the trainer's); by default the settings' keyer, fitted here.
+    `keyer`: one already fitted on `rows` (the trainer's); by default the settings' keyer, fitted here. `AUTO`
+    settings are resolved against the rows' keys, and a default column they lack is the first warning.
     """
     rows = list(rows)
+    note = None
+    if is_auto(settings.domain_column) or is_auto(settings.demographic_columns):
+        settings, note = _resolved(settings, list(dict.fromkeys(k for row in rows for k in row)), "the rows")
     if keyer is None:
         keyer = settings.keyer()
         keyer.fit(rows, [domain_key(row, settings.domain_column) for row in rows])
@@ -126,7 +261,7 @@ def inspect_rows(
             if column in categories and parsed is not None:
                 categories[column].add(parsed)
 
-    warnings: list[str] = []
+    warnings: list[str] = [note] if note else []
     report_domains = {}
     for name, entry in sorted(domains.items()):
         labels, source = _label_set(name, settings.label_sets, entry["references"])
@@ -231,19 +366,38 @@ def format_inspection(report: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def inspect_dataset(dataset: Any, settings: ColumnSettings, keyer: GroupKeyer | None = None) -> dict[str, Any]:
-    """`inspect_rows` of a `datasets.Dataset`, reading only the columns it needs (images are never decoded)."""
+def inspect_dataset(
+    dataset: Any, settings: ColumnSettings, keyer: GroupKeyer | None = None, dataset_name: str = "the dataset"
+) -> dict[str, Any]:
+    """`inspect_rows` of a `datasets.Dataset`, reading only the columns it needs (images are never decoded).
+
+    The settings are resolved against its columns first (`resolve_columns`): a column named explicitly and missing
+    is an error; a default column it lacks is the report's first warning.
+    """
+    settings, note = _resolved(settings, dataset.column_names, dataset_name)
     columns = keyer.columns if keyer is not None else settings.keyer().columns
     wanted = [c for c in (settings.domain_column, settings.solution_column, *columns) if c]
     present = [c for c in dict.fromkeys(wanted) if c in dataset.column_names]
     rows = dataset.select_columns(present).to_list()
     if keyer is None:
-        return inspect_rows(rows, settings)
-    keyer.fit(rows, [domain_key(row, settings.domain_column) for row in rows])
-    # The table's own counts and no warnings (the report lists bad values), with what `keyer` learnt.
-    quiet = settings.keyer()
-    quiet.recorded, quiet.imputed = keyer.recorded, keyer.imputed
-    return inspect_rows(rows, settings, quiet)
+        report = inspect_rows(rows, settings)
+    else:
+        keyer.fit(rows, [domain_key(row, settings.domain_column) for row in rows])
+        # The table's own counts and no warnings (the report lists bad values), with what `keyer` learnt.
+        quiet = settings.keyer()
+        quiet.recorded, quiet.imputed = keyer.recorded, keyer.imputed
+        report = inspect_rows(rows, settings, quiet)
+    if note:
+        report["warnings"].insert(0, note)
+    return report
+
+
+def _resolved(
+    settings: ColumnSettings, column_names: Sequence[str], dataset_name: str
+) -> tuple[ColumnSettings, str | None]:
+    """A copy of `settings` resolved against `column_names`, and the note on the default columns they lack."""
+    resolved = resolve_columns(column_names, settings, dataset_name)
+    return resolved.write_to(dataclasses.replace(settings)), resolved.note(dataset_name)
 
 
 def fit_train_groups(keyer: GroupKeyer, dataset: Any, config: Any) -> Any:

@@ -21,11 +21,19 @@ from typing import Any
 
 import numpy as np
 import torch
+from datasets import IterableDataset as StreamingDataset
 from trl.trainer.utils import RepeatSampler
 
 from fair_trl.groups import GroupKeyer, domain_key
 
-__all__ = ["BalancedRepeatSampler", "EpochRepeatSampler", "balanced_weights", "column_weights", "train_sampler"]
+__all__ = [
+    "BalancedRepeatSampler",
+    "EpochRepeatSampler",
+    "balanced_weights",
+    "check_sampling",
+    "column_weights",
+    "train_sampler",
+]
 
 
 def balanced_weights(domains: Sequence[str], groups: Sequence[str | None]) -> np.ndarray:
@@ -129,8 +137,26 @@ def train_sampler(
     else:
         # Only the metadata columns: images are never decoded to compute the weights.
         columns = [c for c in [config.domain_column, *config.demographic_columns] if c]
-        rows = dataset.select_columns(columns).to_list()
+        # No domain or demographic column (data without them): one cell, every row drawn alike.
+        rows = dataset.select_columns(columns).to_list() if columns else [{}] * len(dataset)
         domains = [domain_key(r, config.domain_column) for r in rows]
         # A sibling keys the rows: the estimator's keyer counts missing and invalid values as training meets them.
         weights = balanced_weights(domains, keyer.sibling().keys(rows, domains))
     return BalancedRepeatSampler(weights, **layout, shuffle=True)
+
+
+def check_sampling(dataset: Any, config: Any) -> None:
+    """A sampler setting needs a dataset transformers draws with a sampler: refuse it for a stream."""
+    if not (config.balanced_sampling or config.sampling_weight_column):
+        return
+    if isinstance(dataset, (torch.utils.data.IterableDataset, StreamingDataset)):
+        setting = (
+            "balanced_sampling=True"
+            if config.balanced_sampling
+            else f"sampling_weight_column={config.sampling_weight_column!r}"
+        )
+        raise ValueError(
+            f"{setting} needs a map-style train_dataset, got {type(dataset).__name__}: transformers draws an "
+            "iterable dataset in stream order and never asks for a sampler, so the setting would be ignored. Load "
+            "the data as a datasets.Dataset (no streaming), or unset it and weight the stream yourself"
+        )

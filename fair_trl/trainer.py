@@ -13,13 +13,13 @@ here hand off to: the rewards' sum (`fair_trl.reward_sum`), the rollouts' fairne
 
 from __future__ import annotations
 
+import copy
 import inspect
 import logging
 import os
 from typing import Any
 
 import torch
-from datasets import IterableDataset as StreamingDataset
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import rotate_checkpoints
 from trl import GRPOTrainer
@@ -31,13 +31,13 @@ from fair_trl.checkpoint_io import CheckpointFiles, CheckpointState, group_setti
 from fair_trl.checkpoints import load_converted_weights
 from fair_trl.config import FairGRPOConfig
 from fair_trl.groups import GroupKeyer
-from fair_trl.inspection import check_columns, fit_train_groups
+from fair_trl.inspection import fit_train_groups, resolve_train_columns
 from fair_trl.launch import check_launch
 from fair_trl.model_card import ModelCardRecord, write_model_card
 from fair_trl.reward_sum import RewardSum
 from fair_trl.rewards import with_config_label_sets
 from fair_trl.rollout_log import RolloutFairnessLog
-from fair_trl.sampling import train_sampler
+from fair_trl.sampling import check_sampling, train_sampler
 from fair_trl.train_data_size import check_train_size
 from fair_trl.vllm_compat import adapt_vllm_generation, to_vllm_checkpoint
 
@@ -48,8 +48,9 @@ class FairGRPOTrainer(GRPOTrainer):
     """`GRPOTrainer` whose advantages come from `FairGRPOConfig.advantage_estimator`.
 
     Takes exactly `GRPOTrainer`'s arguments; `args` must be a `FairGRPOConfig` (or None for defaults).
-    The train dataset's domain and demographic columns (named in the config) reach each batch row
-    because TRL keeps unused columns by default.
+    The train dataset's domain and demographic columns (named in the config, or at its "auto" defaults
+    those of `dataset`, `sex` and `age` the data has) reach each batch row because TRL keeps unused
+    columns by default; `self.args` is a copy of `args` holding the columns used.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -59,18 +60,22 @@ class FairGRPOTrainer(GRPOTrainer):
             model = bound.arguments["model"]
             name = model if isinstance(model, str) else model.config._name_or_path
             config = FairGRPOConfig(f"{str(name).rstrip('/').split('/')[-1]}-FairGRPO")
-            bound.arguments["args"] = config
         elif not isinstance(config, FairGRPOConfig):
             raise TypeError(f"FairGRPOTrainer needs args=FairGRPOConfig(...), got {type(config).__name__}")
+        # self.args holds the columns this train dataset resolved; the caller's config keeps its settings, so it
+        # can build another trainer on other data.
+        config = copy.copy(config)
+        bound.arguments["args"] = config
         self.estimator_spec = get_spec(config.advantage_estimator)
         self.estimator = self.estimator_spec.factory(config)
-        train_dataset = bound.arguments.get("train_dataset")
-        _check_sampling(train_dataset, config)
-        _check_columns(train_dataset, config)
-        if "reward_funcs" in bound.arguments:
-            bound.arguments["reward_funcs"] = with_config_label_sets(bound.arguments["reward_funcs"], config)
 
+        # TRL's own argument checks run first, with TRL's messages; then the dataset's against the settings.
         super().__init__(*bound.args[1:], **bound.kwargs)
+        check_sampling(self.train_dataset, config)
+        resolve_train_columns(
+            self.train_dataset, config, self.accelerator.is_main_process, self.fair_estimator is not None
+        )
+        self.reward_funcs = with_config_label_sets(self.reward_funcs, config)
         check_launch(self.accelerator)
         check_train_size(self.train_dataset, self.args, self.num_generations, self.accelerator.num_processes)
         if getattr(self, "vllm_generation", None) is not None:
@@ -87,7 +92,7 @@ class FairGRPOTrainer(GRPOTrainer):
 
         # Fitted on the train rows (which columns each domain records, where partly known rows go); the
         # table of groups is logged now, and put in W&B when training begins.
-        group_table = fit_train_groups(self.group_keyer, train_dataset, config)
+        group_table = fit_train_groups(self.group_keyer, self.train_dataset, config)
         if group_table is not None:
             self.add_callback(group_table)
         self.fairness_log = RolloutFairnessLog(self.args, self.group_keyer)
@@ -336,25 +341,3 @@ class FairGRPOTrainer(GRPOTrainer):
         if checkpoint is None:
             return
         self.checkpoint_state.restore(checkpoint, self.accelerator.num_processes)
-
-
-def _check_sampling(dataset: Any, config: FairGRPOConfig) -> None:
-    """A sampler setting needs a dataset transformers draws with a sampler: refuse it for a stream."""
-    if not (config.balanced_sampling or config.sampling_weight_column):
-        return
-    if isinstance(dataset, (torch.utils.data.IterableDataset, StreamingDataset)):
-        setting = (
-            "balanced_sampling=True"
-            if config.balanced_sampling
-            else f"sampling_weight_column={config.sampling_weight_column!r}"
-        )
-        raise ValueError(
-            f"{setting} needs a map-style train_dataset, got {type(dataset).__name__}: transformers draws an "
-            "iterable dataset in stream order and never asks for a sampler, so the setting would be ignored. Load "
-            "the data as a datasets.Dataset (no streaming), or unset it and weight the stream yourself"
-        )
-
-
-def _check_columns(dataset: Any, config: FairGRPOConfig) -> None:
-    """Fail at construction, not mid-run, when a configured column is missing from the train data."""
-    check_columns(getattr(dataset, "column_names", None), config)

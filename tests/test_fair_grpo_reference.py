@@ -275,3 +275,29 @@ def test_graded_kmeans_nearly_always_finds_the_optimum_and_repeats_with_its_seed
             np.testing.assert_array_equal(c1, c2)
             assert i1 == i2
     assert optimal >= 0.95 * checked, (optimal, checked)
+
+
+def test_reward_min_none_measures_from_the_lowest_reward_seen():
+    """reward_min=None (the config's default): 0 while every reward is >= 0, as in the paper; once rewards fall
+    below 0 (a reward model's scores), each step is the paper's with the floor at the lowest reward seen so far."""
+    adaptive, paper = FairGRPOAdvantage(reward_min=None), PaperFairGRPO()
+    for rewards, domains, groups in stream(seed=2, steps=4, prompts=10, g=4, nan=0.05):
+        np.testing.assert_allclose(run_estimator(adaptive, rewards, domains, groups), paper(rewards, domains, groups),
+                                   rtol=1e-9, atol=1e-12)  # fmt: skip
+    assert adaptive.lowest_reward == 0.0
+
+    batches = [next(stream(seed=seed, steps=1, prompts=10, g=4, low=low))
+               for seed, low in enumerate([-0.2, -0.7, -0.5, -1.0])]  # fmt: skip
+    adaptive = FairGRPOAdvantage(reward_min=None)
+    for step, batch in enumerate(batches):
+        got = run_estimator(adaptive, *batch)
+        lowest = min(float(np.nanmin(rewards)) for rewards, _, _ in batches[: step + 1])
+        assert adaptive.lowest_reward == lowest == [-0.2, -0.7, -0.7, -1.0][step]
+        # The running sums do not depend on the floor: a fixed floor at `lowest` replaying every batch agrees.
+        replay = PaperFairGRPO(reward_min=lowest)
+        for earlier in batches[:step]:
+            replay(*earlier)
+        np.testing.assert_allclose(got, replay(*batch), rtol=1e-9, atol=1e-12)
+    resumed = FairGRPOAdvantage(reward_min=None)
+    resumed.load_state_dict(adaptive.state_dict())
+    assert resumed.lowest_reward == -1.0 and resumed.measured_from == -1.0

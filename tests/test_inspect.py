@@ -12,7 +12,7 @@ from datasets import Dataset
 
 from fair_trl import FairGRPOConfig, FairGRPOTrainer
 from fair_trl.cli import main
-from fair_trl.inspection import MIN_GROUP_PROMPTS, ColumnSettings, check_columns, inspect_rows
+from fair_trl.inspection import MIN_GROUP_PROMPTS, ColumnSettings, inspect_rows, resolve_columns
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -145,10 +145,51 @@ def test_a_missing_demographic_column_is_an_error_for_every_estimator(text_model
         FairGRPOTrainer(model=text_model_dir, reward_funcs=length_reward, args=args, train_dataset=clinic_rows())
 
 
-def test_check_columns_accepts_no_demographic_columns():
-    check_columns(["dataset"], ColumnSettings(demographic_columns=[]))
-    with pytest.raises(ValueError, match="no column 'dataset'"):
-        check_columns(["x"], ColumnSettings(demographic_columns=[]))
+def test_resolve_columns_keeps_explicit_settings_and_checks_them():
+    resolved = resolve_columns(["dataset", "x"], ColumnSettings(domain_column="dataset", demographic_columns=[]))
+    assert (resolved.domain_column, resolved.demographic_columns, resolved.missing_defaults) == ("dataset", [], ())
+    assert resolved.note() is None
+    message = r"no column 'dataset' \(FairGRPOConfig.domain_column\); its columns are \['x'\]. .*domain_column=None"
+    with pytest.raises(ValueError, match=message):
+        resolve_columns(["x"], ColumnSettings(domain_column="dataset", demographic_columns=[]))
+    with pytest.raises(ValueError, match=r"no column 'PatientAge' .*demographic_columns=\[\]"):
+        resolve_columns(["x"], ColumnSettings(domain_column=None, demographic_columns=["PatientAge:age"]))
+    nothing = resolve_columns(["x"], ColumnSettings(domain_column=None, demographic_columns=[]))
+    assert (nothing.domain_column, nothing.demographic_columns, nothing.note()) == (None, [], None)
+
+
+@pytest.mark.parametrize(
+    ("columns", "domain", "demographics", "missing"),
+    [
+        (["prompt", "dataset", "sex", "age"], "dataset", ["sex", "age"], ()),
+        (["prompt", "age"], None, ["age"], ("dataset", "sex")),
+        (["prompt"], None, [], ("dataset", "sex", "age")),
+        (None, "dataset", ["sex", "age"], ()),  # columns unknown: the defaults, a missing key reading as unknown
+    ],
+)
+def test_resolve_columns_takes_the_default_columns_the_data_has(columns, domain, demographics, missing):
+    resolved = resolve_columns(columns, ColumnSettings(demographic_kinds={"sex": "category", "age": "age"}))
+    assert (resolved.domain_column, resolved.demographic_columns) == (domain, demographics)
+    assert resolved.missing_defaults == missing
+    assert resolved.demographic_kinds == ({"sex": "category", "age": "age"} if "sex" in demographics else
+                                          {"age": "age"} if demographics else None)  # fmt: skip
+    note = resolved.note()
+    if not missing:
+        assert note is None
+        return
+    assert all(repr(column) in note for column in missing) and "demographic_columns=['PatientSex:sex'" in note
+    assert ("FairGRPO-ND" in note) == (not demographics)
+    assert ("one domain" in note) == (domain is None)
+
+
+def test_inspect_at_defaults_uses_the_columns_the_data_has_and_says_which_it_lacks(tmp_path, capsys):
+    code, out, err = inspect(clinic_csv(tmp_path / "clinic.csv"), "--json", tmp_path / "r.json", capsys=capsys)
+    assert code == 0, err
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["columns"]["domain"] == "dataset" and report["columns"]["demographic"] == []
+    assert set(report["domains"]) == {"cxr_clinic", "ham10000"}
+    assert "no column(s) 'sex', 'age' (the default demographic_columns)" in report["warnings"][0]
+    assert "FairGRPO-ND" in out
 
 
 def test_fair_grpo_nd_trains_on_data_without_demographic_columns(text_model_dir, tmp_path):

@@ -21,6 +21,29 @@ def test_readme_python_snippet_runs(tmp_path, monkeypatch, capsys):
     assert (tmp_path / "fairgrpo-tiny").is_dir()
 
 
+def test_readme_trl_example_runs_with_either_import(tmp_path, monkeypatch, caplog):
+    """The "change one import" example trains as FairGRPO, and as plain TRL with TRL's import put back."""
+    import logging
+
+    section = README.read_text().split("### Coming from TRL: change one import\n", 1)[1].split("\n## ", 1)[0]
+    (code,) = re.findall(r"```python\n(.*?)```", section, flags=re.DOTALL)
+    trl_import, fair_import = "# from trl import GRPOConfig, GRPOTrainer\n", "from fair_trl import FairGRPOConfig as"
+    assert trl_import in code and code.count(fair_import) == 1
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "fair.py").write_text(code)
+    with caplog.at_level(logging.WARNING, logger="fair_trl"):
+        fair = runpy.run_path(str(tmp_path / "fair.py"), run_name="__main__")["trainer"]
+    assert type(fair).__name__ == "FairGRPOTrainer" and fair.state.global_step == 2
+    assert (fair.args.domain_column, fair.args.demographic_columns) == (None, [])
+    assert fair.fair_estimator.lowest_reward < 0  # the quickstart reward is a penalty: measured, not refused
+    assert sum("has no column 'dataset'" in r.getMessage() for r in caplog.records) == 1
+
+    lines = [line for line in code.splitlines(keepends=True) if not line.startswith(fair_import)]
+    (tmp_path / "trl.py").write_text("".join(lines).replace(trl_import, trl_import.removeprefix("# ")))
+    plain = runpy.run_path(str(tmp_path / "trl.py"), run_name="__main__")["trainer"]
+    assert type(plain).__name__ == "GRPOTrainer" and plain.state.global_step == 2
+
+
 def test_readme_commands_are_make_targets():
     makefile = (README.parent / "Makefile").read_text()
     commands = re.findall(r"^make (\w+)", README.read_text(), flags=re.MULTILINE)

@@ -117,12 +117,13 @@ def test_trainer_only_wires_the_estimator(text_model_dir, tmp_path):
 
 
 def test_missing_column_fails_at_construction(text_model_dir, tmp_path):
+    # Named explicitly, a column the data lacks is an error (left at its default, it is dropped: test_dropin.py).
     data = text_dataset().remove_columns("sex")
     with pytest.raises(ValueError, match=r"no column 'sex' \(FairGRPOConfig.demographic_columns\).*'age'"):
         FairGRPOTrainer(
             model=text_model_dir,
             reward_funcs=length_reward,
-            args=FairGRPOConfig(**config(tmp_path)),
+            args=FairGRPOConfig(**config(tmp_path), demographic_columns=["sex", "age"]),
             train_dataset=data,
         )
     with pytest.raises(ValueError, match="no column 'site'.*domain_column"):

@@ -122,6 +122,12 @@ register(
         keeps_trl_advantages=True,
     )
 )
+# Why the FairGRPO estimators implement scale_rewards="group" only.
+FAIR_GRPO_SCALING = (
+    "FairGRPO's first step (eq. i) normalises each reward by its prompt's mean and std, and its temperatures and "
+    "batch renormalisation are defined on those scores"
+)
+
 register(
     EstimatorSpec(
         name="fair_grpo",
@@ -130,7 +136,8 @@ register(
         "domain and demographic group (sqrt(count) x mean reward), so under-represented and harder groups weigh "
         "more; prompts without demographics get latent groups by clustering",
         factory=lambda config: _fair_grpo(config, use_demographics=True),
-        scale_rewards=("group",),  # eq. (i) normalises within each prompt by definition
+        scale_rewards=("group",),
+        scale_rewards_reason=FAIR_GRPO_SCALING,
     )
 )
 register(
@@ -140,7 +147,8 @@ register(
         description="FairGRPO without demographics: every prompt's group is discovered by k-means on its rollout "
         "rewards",
         factory=lambda config: _fair_grpo(config, use_demographics=False),
-        scale_rewards=("group",),  # eq. (i) normalises within each prompt by definition
+        scale_rewards=("group",),
+        scale_rewards_reason=FAIR_GRPO_SCALING,
     )
 )
 register(
@@ -149,7 +157,8 @@ register(
         display_name="RLOO",
         description="REINFORCE leave-one-out: each rollout's baseline is the mean reward of the prompt's others",
         factory=lambda config: RLOOAdvantage(),
-        scale_rewards=("none",),  # RLOO has no std scaling
+        scale_rewards=("none",),
+        scale_rewards_reason="RLOO's advantage is a reward minus the mean of its prompt's other rewards, unscaled",
     )
 )
 register(
@@ -158,7 +167,8 @@ register(
         display_name="REINFORCE++",
         description="REINFORCE with advantages normalised over the whole batch",
         factory=lambda config: ReinforcePPAdvantage(),
-        scale_rewards=("batch",),  # REINFORCE++ scales by the batch std
+        scale_rewards=("batch",),
+        scale_rewards_reason="REINFORCE++ normalises advantages by the mean and std of the whole batch",
     )
 )
 register(

@@ -53,7 +53,8 @@ class EstimatorSpec:
 
     `factory` builds the estimator from a `FairGRPOConfig`. `scale_rewards`: the values of TRL's
     `scale_rewards` it implements, its own definition first (what it does when the field is unset); any
-    other value would be silently ignored, so config validation refuses it.
+    other value would be silently ignored, so config validation refuses it, giving `scale_rewards_reason`
+    (why the method implements only those).
     `keeps_trl_advantages`: the estimator reproduces TRL's own advantages, so the trainer may leave
     TRL's output alone (it then works with any ``multi_objective_aggregation``).
 
@@ -68,6 +69,7 @@ class EstimatorSpec:
     factory: Callable[[Any], AdvantageEstimator]
     scale_rewards: tuple[str, ...] = SCALE_REWARDS
     keeps_trl_advantages: bool = False
+    scale_rewards_reason: str = ""
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.scale_rewards) - set(SCALE_REWARDS))

@@ -72,7 +72,10 @@ class FairGRPOAdvantage:
     would have over the whole history, which is what the authors cluster), and the mean reward of its
     centre. NaN rewards get advantage 0 and are left out of every statistic.
 
-    ``reward_min``: the lowest reward possible; temperatures measure the mean reward from it.
+    ``reward_min``: the lowest reward possible; temperatures measure the mean reward from it, and a reward
+    below it is refused. None: the lowest reward seen so far, and 0 until a reward below 0 arrives (so
+    rewards in [0, 1] are measured from 0 as in the paper, and a reward model's unbounded scores from the
+    lowest one seen); it only ever falls, and is checkpointed.
 
     Optional variants, all off by default (the paper's method); the demo's ablation tests them:
 
@@ -100,7 +103,7 @@ class FairGRPOAdvantage:
         reward_floor: float = 0.0,
         max_weight_ratio: float | None = None,
         stats_window: int | None = None,
-        reward_min: float = 0.0,
+        reward_min: float | None = 0.0,
     ) -> None:
         if epsilon <= 0 or norm_epsilon < 0:
             raise ValueError(f"epsilon must be > 0 and norm_epsilon >= 0, got {epsilon}, {norm_epsilon}")
@@ -114,8 +117,8 @@ class FairGRPOAdvantage:
             raise ValueError(f"max_weight_ratio must be >= 1 (or None), got {max_weight_ratio}")
         if stats_window is not None and stats_window < 1:
             raise ValueError(f"stats_window must be >= 1 (or None), got {stats_window}")
-        if not np.isfinite(reward_min):
-            raise ValueError(f"reward_min must be a finite number, got {reward_min}")
+        if reward_min is not None and not np.isfinite(reward_min):
+            raise ValueError(f"reward_min must be a finite number or None, got {reward_min}")
         self.use_demographics = use_demographics
         self.epsilon = epsilon
         self.norm_epsilon = norm_epsilon
@@ -137,6 +140,7 @@ class FairGRPOAdvantage:
         self.unlabeled_seen: dict[str, int] = {}  # domain -> unlabeled prompts counted
         self.pools: dict[str, np.ndarray] = {}  # domain -> its recent unlabeled reward vectors, oldest first
         self.history: deque[list[Entry]] = deque()  # with stats_window: each call's entries, to take out later
+        self.lowest_reward = 0.0  # with reward_min None: the lowest reward seen (0 until one falls below 0)
         self.last_info: dict[str, Any] = {}
 
     # -- the estimator ------------------------------------------------------------------------
@@ -160,7 +164,11 @@ class FairGRPOAdvantage:
         # An infinite reward cannot be normalised or summed: it is unscorable, like NaN.
         valid = np.isfinite(r)
         r[~valid] = np.nan
-        self._check_reward_min(r, valid, prompt_domains)
+        if self.reward_min is None:
+            if valid.any():
+                self.lowest_reward = min(self.lowest_reward, float(r[valid].min()))
+        else:
+            self._check_reward_min(r, valid, prompt_domains)
         if self.feature_dim is None:
             self.feature_dim = num_generations
         self.step += 1
@@ -182,7 +190,7 @@ class FairGRPOAdvantage:
         for d in np.unique(domain_of[unlabeled]).tolist():
             prompts = np.flatnonzero(unlabeled & (domain_of == d))
             cluster_n, cluster_mean, k = self._latent_groups(domain_names[d], r[prompts])
-            t_group[prompts] = temperature(cluster_n, cluster_mean, self.reward_floor, self.reward_min)
+            t_group[prompts] = temperature(cluster_n, cluster_mean, self.reward_floor, self.measured_from)
             n_clusters += k
 
         # (iii) eq. 2, then the batch renormalisation.
@@ -208,6 +216,11 @@ class FairGRPOAdvantage:
         dtype = rewards.dtype if rewards.dtype.is_floating_point else torch.float32
         return torch.from_numpy(flat).to(dtype=dtype, device=rewards.device)
 
+    @property
+    def measured_from(self) -> float:
+        """The reward temperatures measure the mean from: `reward_min`, or with None the lowest reward seen."""
+        return self.lowest_reward if self.reward_min is None else self.reward_min
+
     def _check_reward_min(self, r: np.ndarray, valid: np.ndarray, prompt_domains: list[str]) -> None:
         low = valid & (r < self.reward_min)
         if low.any():
@@ -215,14 +228,16 @@ class FairGRPOAdvantage:
             raise ValueError(
                 f"reward {r[q, i]:g} (prompt {q}, domain {prompt_domains[q]!r}) is below reward_min="
                 f"{self.reward_min:g} (FairGRPOConfig.fair_reward_min), the lowest reward FairGRPO's temperatures "
-                "measure from; set it to the lowest reward your reward functions can give"
+                "measure from (they must not be negative). Set it to the lowest reward your reward functions can "
+                "give, or to None to measure from the lowest reward seen; advantage_estimator='grpo' gives TRL's "
+                "GRPO advantages, which take any reward"
             )
 
     def _temperature(self, stats: list[GroupStats]) -> np.ndarray:
         """Eq. 1 for each of `stats`."""
         prompts = np.array([x.prompts for x in stats], dtype=np.float64)
         mean = np.array([x.mean_reward for x in stats], dtype=np.float64)
-        return temperature(prompts, mean, self.reward_floor, self.reward_min)
+        return temperature(prompts, mean, self.reward_floor, self.measured_from)
 
     def _add_call(self, entries: list[Entry]) -> None:
         """Add one call's prompts to the statistics and, with `stats_window`, take the oldest call's out."""
@@ -296,6 +311,7 @@ class FairGRPOAdvantage:
             "unlabeled_seen": dict(self.unlabeled_seen),
             "pools": {d: pool.tolist() for d, pool in self.pools.items()},
             "history": [[list(entry) for entry in entries] for entries in self.history],
+            "lowest_reward": self.lowest_reward,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -308,6 +324,8 @@ class FairGRPOAdvantage:
         self.domain_stats = {d: GroupStats(**s) for d, s in state["domain_stats"].items()}
         self.group_stats = {d: {g: GroupStats(**s) for g, s in gs.items()} for d, gs in state["group_stats"].items()}
         self.unlabeled_seen = {d: int(n) for d, n in state["unlabeled_seen"].items()}
+        # States from before it was kept come from runs that refused rewards below 0.
+        self.lowest_reward = float(state.get("lowest_reward", 0.0))
         dim = self.feature_dim or 0
         # As saved, even if longer than this estimator's pool size: the next call cuts it.
         self.pools = {d: np.asarray(rows, dtype=np.float64).reshape(-1, dim) for d, rows in state["pools"].items()}
