@@ -7,8 +7,9 @@ already computed (`_calculate_rewards`), sums them exactly as TRL does, hands th
 `_compute_advantages`, and puts the result back into the output and into the completions table.
 All advantage math lives in `fair_trl.advantages`. The rest has an owner of its own, which the overrides
 here hand off to: the rewards' sum (`fair_trl.reward_sum`), the rollouts' fairness log
-(`fair_trl.rollout_log`), the checkpoint states (`fair_trl.checkpoint_io`), the model card record
-(`fair_trl.card_record`), the train sampler (`fair_trl.sampling`) and the batch's groups (`fair_trl.batch_groups`).
+(`fair_trl.rollout_log`), the checkpoint states (`fair_trl.checkpoint_io`) and their passage through
+transformers (`fair_trl.checkpointing`), the model card record (`fair_trl.card_record`), the train
+sampler (`fair_trl.sampling`) and the batch's groups (`fair_trl.batch_groups`).
 """
 
 from __future__ import annotations
@@ -16,19 +17,16 @@ from __future__ import annotations
 import copy
 import inspect
 import logging
-import os
 from typing import Any
 
 import torch
-from transformers.trainer import TRAINER_STATE_NAME
-from transformers.trainer_utils import rotate_checkpoints
 from trl import GRPOTrainer
 
 from fair_trl.advantages import FairGRPOAdvantage, get_spec, zero_signal
 from fair_trl.batch_groups import estimator_metrics, gather_batch_groups
 from fair_trl.card_record import TrainingCard
 from fair_trl.checkpoint_io import CheckpointFiles, CheckpointState, group_settings
-from fair_trl.checkpoints import load_converted_weights
+from fair_trl.checkpointing import AtomicCheckpoints
 from fair_trl.config import FairGRPOConfig
 from fair_trl.groups import GroupKeyer
 from fair_trl.inspection import fit_train_groups, resolve_train_columns
@@ -44,7 +42,7 @@ from fair_trl.vllm_compat import adapt_vllm_generation, to_vllm_checkpoint
 logger = logging.getLogger(__name__)
 
 
-class FairGRPOTrainer(GRPOTrainer):
+class FairGRPOTrainer(AtomicCheckpoints, GRPOTrainer):
     """`GRPOTrainer` whose advantages come from `FairGRPOConfig.advantage_estimator`.
 
     Takes exactly `GRPOTrainer`'s arguments; `args` must be a `FairGRPOConfig` (or None for defaults).
@@ -282,7 +280,7 @@ class FairGRPOTrainer(GRPOTrainer):
             **card,
         )
 
-    # -- checkpoints ----------------------------------------------------------------------------
+    # -- saving (checkpoints: fair_trl.checkpointing) ---------------------------------------------
 
     def _model_type(self) -> str | None:
         return getattr(getattr(self.accelerator.unwrap_model(self.model), "config", None), "model_type", None)
@@ -293,51 +291,3 @@ class FairGRPOTrainer(GRPOTrainer):
         # model can be served with vLLM. Checkpoints keep transformers' names: resuming reads them raw.
         if self.args.should_save and not self._saving_checkpoint:
             to_vllm_checkpoint(output_dir or self.args.output_dir, self._model_type())
-
-    _saving_checkpoint = False
-
-    def _get_output_dir(self, trial):
-        # While a checkpoint is written, transformers' run folder is its staging folder (fair_trl.checkpoint_io).
-        return self._checkpoint_staging or super()._get_output_dir(trial)
-
-    _checkpoint_staging: str | None = None
-
-    def _save_checkpoint(self, model, trial):
-        run_dir, step = self._get_output_dir(trial=trial), self.state.global_step
-        staging = self.checkpoint_files.staging_dir(run_dir, step)
-        if self.args.should_save:
-            folder = self.checkpoint_files.begin(run_dir, step)
-            self.checkpoint_files.write_states(folder, self.checkpoint_state.to_save(self._step))
-        self.accelerator.wait_for_everyone()  # the staging folder exists before any process writes into it
-        self._checkpoint_staging, self._saving_checkpoint = staging, True
-        try:
-            super()._save_checkpoint(model, trial)
-        finally:
-            self._checkpoint_staging, self._saving_checkpoint = None, False
-        best = self.state.best_model_checkpoint
-        if best and os.path.dirname(best) == staging:  # transformers saw the best checkpoint's staged path
-            self.state.best_model_checkpoint = os.path.join(run_dir, os.path.basename(best))
-            if self.args.should_save:
-                self.state.save_to_json(os.path.join(staging, os.path.basename(best), TRAINER_STATE_NAME))
-        self.accelerator.wait_for_everyone()  # every process's part (RNG states, shards) is written
-        if self.args.should_save:
-            self.checkpoint_files.publish(run_dir, step)
-            rotate_checkpoints(run_dir, self.args.save_total_limit, self.state.best_model_checkpoint, use_mtime=True)
-
-    def train(self, resume_from_checkpoint: str | bool | None = None, trial: Any = None, **kwargs: Any) -> Any:
-        # True resumes from the newest complete checkpoint (transformers' pick may be one a kill cut short).
-        checkpoint = self.checkpoint_files.resolve(resume_from_checkpoint, self.args.output_dir)
-        return super().train(resume_from_checkpoint=checkpoint, trial=trial, **kwargs)
-
-    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
-        super()._load_from_checkpoint(resume_from_checkpoint, model)
-        if not (self.is_fsdp_enabled or self.is_deepspeed_enabled):
-            target = self.accelerator.unwrap_model(model if model is not None else self.model)
-            if load_converted_weights(target, resume_from_checkpoint):
-                logger.info("Loaded %s with from_pretrained: its names differ from the model's", resume_from_checkpoint)
-
-    def _load_optimizer_and_scheduler(self, checkpoint):
-        super()._load_optimizer_and_scheduler(checkpoint)
-        if checkpoint is None:
-            return
-        self.checkpoint_state.restore(checkpoint, self.accelerator.num_processes)
