@@ -66,7 +66,7 @@ def assert_trained(trainer, before, steps=2):
 
 
 def missing_notes(caplog):
-    return [r.getMessage() for r in caplog.records if r.name == "fair_trl.trainer" and MISSING_NOTE in r.getMessage()]
+    return [r.getMessage() for r in caplog.records if r.name == "fair_trl.inspection" and MISSING_NOTE in r.getMessage()]
 
 
 def train(caplog=None, **kwargs):
