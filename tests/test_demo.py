@@ -329,3 +329,66 @@ def test_a_users_benchmark_override_follows_the_demos_and_wins():
     assert config.disadvantaged == ("age=a4",) and config.min_domain_fraction == 0.1
     (again,) = parser.parse_args_into_dataclasses([])
     assert again.benchmark == list(DEMO_BENCHMARK)  # the default list is not extended in place
+
+
+class _LengthModel:
+    """Answers every prompt with its own length in tokens (digits), so an answer tells which row it belongs to."""
+
+    training = False
+
+    def __init__(self, tokenizer):
+        self.digits = {d: tokenizer.convert_tokens_to_ids(d) for d in "0123456789"}
+
+    def eval(self):
+        pass
+
+    def train(self, mode=True):
+        pass
+
+    def generate(self, input_ids, attention_mask, max_new_tokens, **_):
+        import torch
+
+        answers = [[self.digits[d] for d in str(int(n))] for n in attention_mask.sum(dim=1)]
+        width = max(map(len, answers))
+        new = torch.tensor([a + [self.digits["0"]] * (width - len(a)) for a in answers])
+        return torch.cat([input_ids, new], dim=1)
+
+
+def test_evaluation_batches_by_prompt_length_and_answers_in_row_order():
+    from fair_trl.demo.evaluation import Evaluator
+    from fair_trl.models import build_tiny_vlm
+
+    rows = list(ExperimentSettings(pretrain_rows=40, rl_rows=40, eval_rows=60).data().eval)
+    _, processor = build_tiny_vlm()
+    evaluator = Evaluator(processor, rows, [None] * len(rows), max_new_tokens=4, batch_size=7)
+    lengths = [int(batch["attention_mask"].sum(dim=1).max()) for batch in evaluator.batches]
+    assert lengths == sorted(lengths) and len(set(lengths)) > 1  # several prompt texts, batched by length
+    padding = sum(int((batch["attention_mask"] == 0).sum()) for batch in evaluator.batches)
+    assert padding < sum(lengths) * 7 / 4  # little left padding: rows of one length batch together
+    expected = []
+    for row in rows:
+        text = processor.apply_chat_template(row["prompt"], add_generation_prompt=True, tokenize=False)
+        single = processor(text=[text], images=[[row["image"]]], return_tensors="pt")
+        expected.append(str(single["input_ids"].shape[1]))
+    answers = [a.replace(" ", "").rstrip("0") for a in evaluator.answers(_LengthModel(processor.tokenizer))]
+    assert answers == [e.rstrip("0") for e in expected]
+
+
+def test_warm_start_data_is_the_chat_template_rendered_once():
+    from trl.data_utils import apply_chat_template, prepare_multimodal_messages
+
+    from fair_trl.demo.warmstart import add_completions, templated
+    from fair_trl.models import build_tiny_vlm
+
+    pretrain = ExperimentSettings(pretrain_rows=40, rl_rows=40, eval_rows=60).data().pretrain
+    _, processor = build_tiny_vlm()
+    rendered = templated(pretrain, processor)
+    # What TRL's collator renders from the messages at every step, row by row.
+    for row, ours in zip(add_completions(pretrain), rendered, strict=True):
+        example = {
+            "prompt": prepare_multimodal_messages(row["prompt"], images=[row["image"]]),
+            "completion": prepare_multimodal_messages(row["completion"]),
+        }
+        assert apply_chat_template(example, processor) == {k: ours[k] for k in ("prompt", "completion")}
+        assert ours["completion"].startswith("\\boxed{" + row["solution"] + "}")
+    assert rendered["image"][0].tobytes() == pretrain["image"][0].tobytes()

@@ -353,9 +353,32 @@ def run_one(
 # ---------------------------------------------------------------------------------------------
 
 
+def _keep_freed_memory() -> None:
+    """Have glibc keep freed memory for reuse instead of handing it back to the system at once.
+
+    Every training step allocates and frees the same few-megabyte tensors; by default glibc serves
+    them with fresh mappings that the kernel zero-fills page by page, which cost a fifth of a warm
+    start's CPU time. Numerics are unchanged. Elsewhere than glibc this does nothing.
+    """
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name)
+        mallopt = libc.mallopt
+    except (OSError, TypeError, AttributeError):
+        return
+    m_trim_threshold, m_mmap_threshold = -1, -3  # glibc's <malloc.h>
+    mallopt(m_mmap_threshold, 1 << 30)
+    mallopt(m_trim_threshold, 1 << 30)
+
+
 def _quiet_worker() -> None:
     import torch
     from transformers.utils import logging as hf_logging
+
+    _keep_freed_memory()
 
     # Two one-thread runs side by side beat one two-thread run: the tiny model's ops are too small
     # for intra-op parallelism to pay. One thread also fixes the order of every reduction.
