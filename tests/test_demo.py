@@ -518,3 +518,11 @@ def test_warm_start_data_is_the_chat_template_rendered_once():
         assert apply_chat_template(example, processor) == {k: ours[k] for k in ("prompt", "completion")}
         assert ours["completion"].startswith("\\boxed{" + row["solution"] + "}")
     assert rendered["image"][0].tobytes() == pretrain["image"][0].tobytes()
+
+
+def test_demo_help_lists_every_setting(capsys):
+    with pytest.raises(SystemExit) as done:
+        main(["demo", "--help"])
+    assert done.value.code == 0
+    shown = capsys.readouterr().out
+    assert "--min_cell_rows" in shown and "95% interval" in shown and "--eval_rows" in shown

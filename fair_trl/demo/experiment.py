@@ -155,7 +155,7 @@ class ExperimentSettings:
         default=MIN_VISIBLE_ROWS,
         metadata={
             "help": "Fewest held-out rows a planted (domain, group) cell may have; the demo refuses a planting with "
-            f"a smaller one before training. {MIN_VISIBLE_ROWS} gives a 95% interval of +-0.15 on the cell's "
+            f"a smaller one before training. {MIN_VISIBLE_ROWS} gives a 95%% interval of +-0.15 on the cell's "
             "accuracy at worst. 0 turns the check off (smoke tests only: such cells are mostly noise)."
         },
     )
