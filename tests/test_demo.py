@@ -19,8 +19,9 @@ from fair_trl.demo.run import publish
 from fair_trl.demo.stats import paired_difference, seed_summary
 
 # Small enough for the suite, large enough that the warm start learns the answer format (60 steps).
+# Its planted cells hold a few held-out rows each, so the visibility check is off (--min_cell_rows 0).
 TINY = ["--seeds", "2", "--steps", "4", "--eval_every", "2", "--sft_steps", "60", "--pretrain_rows", "200",
-        "--rl_rows", "200", "--eval_rows", "240"]  # fmt: skip
+        "--rl_rows", "200", "--eval_rows", "240", "--min_cell_rows", "0"]  # fmt: skip
 TIMING_KEYS = {"timing", "warm_starts", "seconds", "cpu_seconds", "wall_seconds", "when"}
 
 
@@ -112,12 +113,19 @@ def test_trial_runs_grpo_and_the_control_only_and_logs_every_call(two_workers, c
     assert len(logged) == 1 and set(logged[0]["settings"]) == set(TRIAL_FIELDS)
     assert logged[0]["settings"]["benchmark"] == [*DEMO_BENCHMARK, "cue_strength=0.08"]  # -b adds to the demo's
     assert logged[0]["valid"] == trial["gate"]["valid"]
+    assert logged[0]["control_rule"].startswith("average cell of its domain")
+    assert logged[0]["grpo_f1_vs_warm_start"]["mean"] == pytest.approx(
+        trial["methods"]["grpo"]["vs_warm_start"]["f1"]["mean"]
+    )
     assert logged[0]["control_vs_grpo_delta_f1"]["mean"] == pytest.approx(
         trial["methods"]["oracle_oversampling"]["vs_grpo"]["delta_f1"]["mean"]
     )
     # The report lists the trial log, and names the override.
     report = (tmp / "trial" / "report.md").read_text()
     assert "`cue_strength=0.08`" in report and "trials.jsonl" in report and "| 1 |" in report
+    # The two-part gate and the control's rule, as this run had them; and the planted cells' held-out rows.
+    assert "The gate, two parts" in report and "| average cell of its domain, at most 5x |" in report
+    assert "Held-out rows per planted cell" in report and "ham10000/age=a1 " in report
     for extra in (["--methods", "grpo", "fair_grpo"], ["--baselines"], ["--variants"]):
         with pytest.raises(SystemExit):
             main(["demo", "--trial", *extra, "--output_dir", str(tmp / "refused")])
@@ -163,12 +171,102 @@ def test_demo_data_parts(data):
     assert sum(a <= 25 for a in ages) >= 150 and sum(a > 75 for a in ages) >= 150
 
 
-def test_oracle_weights_give_planted_rows_half_the_draws(data):
+def hand_made(cells):
+    """Rows of the given {(domain, age, sex): count}; age None means hidden demographics."""
+    from datasets import Dataset
+
+    rows = [(d, a, s) for (d, a, s), n in cells.items() for _ in range(n)]
+    return Dataset.from_dict({k: [r[i] for r in rows] for i, k in enumerate(("dataset", "age", "sex"))})
+
+
+def draw_shares(weights, rows, key):
+    """{key(row): its share of the draws} under `weights`."""
+    total = sum(weights)
+    out = {}
+    for w, r in zip(weights, rows.to_list(), strict=True):
+        out[key(r)] = out.get(key(r), 0.0) + w / total
+    return out
+
+
+def test_oracle_draws_each_rare_planted_cell_as_often_as_its_domains_average_cell():
+    from fair_trl.data.synthetic import SyntheticConfig
+    from fair_trl.demo.benchmark import oracle_weights
+
+    # Ages 20, 40, 60, 80 are the bins a1..a4. HAM10000: 100 rows with released demographics, 10 hidden;
+    # ISIC-2020 is not planted here.
+    rows = hand_made({("ham10000", 20, "F"): 5, ("ham10000", 40, "F"): 40, ("ham10000", 60, "M"): 45,
+                      ("ham10000", 80, "M"): 10, ("ham10000", None, None): 10, ("isic2020", 40, "F"): 50})  # fmt: skip
+    config = SyntheticConfig(disadvantaged=("ham10000:age=a1", "ham10000:age=a4"))
+    weights = oracle_weights(rows, config)
+    share = draw_shares(weights, rows, lambda r: (r["dataset"], r["age"]))
+    # Domains keep their natural share (110 and 50 of 160 rows), hidden rows their natural draws.
+    assert share[("isic2020", 40)] == pytest.approx(50 / 160)
+    assert share[("ham10000", None)] == pytest.approx(10 / 160)
+    # Four age cells among HAM10000's 100 known rows: a1 (5%) and a4 (10%) each get the average, a quarter;
+    # a2 and a3 share the other half by size.
+    known = 100 / 160
+    assert share[("ham10000", 20)] == pytest.approx(known / 4)
+    assert share[("ham10000", 80)] == pytest.approx(known / 4)
+    assert share[("ham10000", 40)] == pytest.approx(known / 2 * 40 / 85)
+    assert share[("ham10000", 60)] == pytest.approx(known / 2 * 45 / 85)
+
+
+def test_oracle_caps_a_tiny_cell_and_leaves_a_large_one_and_reads_intersections():
+    from fair_trl.data.synthetic import SyntheticConfig
+    from fair_trl.demo.benchmark import ORACLE_MAX_FACTOR, oracle_weights
+
+    rows = hand_made({("ham10000", 20, "F"): 1, ("ham10000", 40, "F"): 59, ("ham10000", 40, "M"): 40,
+                      ("isic2020", 80, "F"): 6, ("isic2020", 80, "M"): 14, ("isic2020", 40, "F"): 40,
+                      ("isic2020", 40, "M"): 40})  # fmt: skip
+    # HAM10000: age a1 is 1% (capped at 5x, 5%) and sex F is 60%, above the average of two sex cells (left
+    # alone); so the cells are (sex, age) pairs there. ISIC-2020: only women over 75 are planted.
+    config = SyntheticConfig(disadvantaged=("ham10000:age=a1", "ham10000:sex=F", "isic2020:sex=F|age=a4"))
+    weights = oracle_weights(rows, config)
+    ham = draw_shares(weights[:100], rows.select(range(100)), lambda r: (r["age"], r["sex"]))
+    assert ham[(20, "F")] == pytest.approx(ORACLE_MAX_FACTOR * 0.01)
+    # (40, F), 59% of the rows, is planted through sex=F but above the average of three cells: natural size.
+    assert ham[(40, "F")] / ham[(40, "M")] == pytest.approx(59 / 40)
+    isic = draw_shares(weights[100:], rows.select(range(100, 200)), lambda r: (r["age"], r["sex"]))
+    assert isic[(80, "F")] == pytest.approx(1 / 4)  # four (sex, age) cells; F over 75 is 6%, raised to 25%
+    assert isic[(80, "M")] / isic[(40, "M")] == pytest.approx(14 / 40)  # unplanted cells keep their sizes
+    assert sum(weights[:100]) == pytest.approx(100) and sum(weights[100:]) == pytest.approx(100)
+
+
+def test_oracle_weights_on_the_demos_data(data):
     train = with_oracle_weights(data.rl, data.config)
     planted = np.array(planted_flags(train, data.config))
     weights = np.array(train["oracle_weight"])
     assert 0 < planted.mean() < 0.5
-    assert weights[planted].sum() == pytest.approx(weights[~planted].sum())
+    # Age a1 and a4 each get a quarter of their domain's known rows, so together about half of all draws.
+    assert 0.4 < weights[planted].sum() / weights.sum() < 0.5
+    assert weights[planted].min() > 1 > weights[~planted & (weights != 1)].max()
+
+
+def test_visibility_check_names_the_cells_too_small_to_see():
+    from fair_trl.data.synthetic import SyntheticConfig
+    from fair_trl.demo.benchmark import MIN_VISIBLE_ROWS, check_visible, planted_cells
+
+    assert MIN_VISIBLE_ROWS == 43  # 1.96 * 0.5 / sqrt(n) <= 0.15
+    rows = hand_made({("ham10000", 20, "F"): 30, ("ham10000", 20, None): 12, ("ham10000", 80, "F"): 43,
+                      ("ham10000", None, None): 50, ("isic2020", 80, "F"): 20, ("isic2020", 80, "M"): 200})  # fmt: skip
+    config = SyntheticConfig(disadvantaged=("ham10000:age=a1", "ham10000:age=a4", "isic2020:sex=F|age=a4"))
+    assert planted_cells(rows, config) == {"ham10000/age=a1": 42, "ham10000/age=a4": 43, "isic2020/sex=F|age=a4": 20}
+    with pytest.raises(ValueError) as refused:
+        check_visible(rows, config)
+    assert "isic2020/sex=F|age=a4 20 rows, ham10000/age=a1 42 rows" in str(refused.value)
+    assert "ham10000/age=a4" not in str(refused.value) and "--eval_rows" in str(refused.value)
+    assert check_visible(rows, config, min_rows=20)["ham10000/age=a1"] == 42
+    with pytest.raises(ValueError, match="nothing is planted"):
+        check_visible(rows, SyntheticConfig(disadvantaged=("chexpert:age=a1",), domains=("ham10000", "isic2020")))
+
+
+def test_demo_refuses_a_planting_it_cannot_see_before_training(tmp_path, capsys):
+    small = ["--pretrain_rows", "200", "--rl_rows", "200", "--eval_rows", "1000", "--output_dir", str(tmp_path)]
+    with pytest.raises(SystemExit):
+        main(["demo", *small, "-b", "disadvantaged=[covid_blues:age=a1]"])
+    error = capsys.readouterr().err
+    assert "planting not visible" in error and "covid_blues/age=a1" in error
+    assert not any(tmp_path.iterdir())  # nothing trained, nothing written
 
 
 def test_warm_start_is_cached_by_everything_it_depends_on(tmp_path):
@@ -214,16 +312,21 @@ def test_pareto_front_keeps_only_undominated_points():
     assert pareto_front(points) == [4, 0, 1]
 
 
-def fake_run(method, seed, delta_f1, f1):
-    """A run whose final checkpoint has the given ΔF1 and F1 for both attributes."""
+def fake_checkpoint(step, delta_f1, f1):
+    """A checkpoint with the given ΔF1 and F1 for both attributes."""
     attribute = {
         "acc": 0.8, "f1": f1, "EOD": 0.1, "PP": 0.1, "FPR_diff": 0.0, "delta_acc": 0.0, "delta_f1": delta_f1,
         "sigma_acc": 0.0, "sigma_f1": 0.0, "acc_es": 0.8, "f1_es": f1,
         "group_f1": {"a1": f1 - delta_f1, "a2": f1}, "per_group_f1": {"ham10000": {"a1": f1 - delta_f1, "a2": f1}},
         "group_exact": {"a1": 0.5, "a2": 0.9},
     }  # fmt: skip
-    checkpoint = {"step": 10, "age": attribute, "sex": attribute, "exact": 0.8, "distinct_answers": 12}
-    return {"method": method, "seed": seed, "checkpoints": [checkpoint], "train_reward": {}, "group_weights": []}
+    return {"step": step, "age": attribute, "sex": attribute, "exact": 0.8, "distinct_answers": 12}
+
+
+def fake_run(method, seed, delta_f1, f1, start_f1=0.40):
+    """A run from a warm start of F1 `start_f1` (ΔF1 0.15) to a final checkpoint with the given ΔF1 and F1."""
+    checkpoints = [fake_checkpoint(0, 0.15, start_f1), fake_checkpoint(10, delta_f1, f1)]
+    return {"method": method, "seed": seed, "checkpoints": checkpoints, "train_reward": {}, "group_weights": []}
 
 
 def test_verdict_names_a_method_that_reaches_the_aim_and_a_working_control():
@@ -261,6 +364,29 @@ def test_verdict_refuses_a_reduction_bought_with_f1_or_within_noise_and_says_whe
     assert "F1 drops by more than 0.01" in text
     assert "FairGRPO-ND: ΔF1 +50%" in text and "widens the gap" in text
     assert "null result" in text
+
+
+def test_gate_is_invalid_when_grpo_loses_f1_against_the_warm_start():
+    settings = ExperimentSettings(methods=("grpo", "oracle_oversampling"), seeds=3, n_bootstrap=100)
+    runs = []
+    for seed, e in enumerate([0.0, 0.01, -0.01]):
+        # The control cuts ΔF1 on every seed, but RL costs GRPO 0.1 F1 against the warm start it began from.
+        runs.append(fake_run("grpo", seed, 0.20 + e, 0.50 + e, start_f1=0.60))
+        runs.append(fake_run("oracle_oversampling", seed, 0.10 + e, 0.50, start_f1=0.60))
+    results = analyse(runs, settings)
+    change = results["methods"]["grpo"]["vs_warm_start"]["f1"]
+    assert change["mean"] == pytest.approx(-0.1) and change["ci"][1] < 0
+    assert results["gate"]["valid"] is False and results["gate"]["grpo_f1_change"] == change
+    text = results["gate"]["text"]
+    assert text.startswith("instrument invalid") and "GRPO's F1 changes by -0.100" in text and "loss on average" in text
+    assert "does not exclude 0" not in text  # the control's part passed; only the second part failed
+    # The same runs with GRPO gaining F1 instead: valid.
+    for run in runs:
+        run["checkpoints"][0] = fake_checkpoint(0, 0.15, 0.45)
+    again = analyse(runs, settings)
+    assert again["gate"]["valid"] is True and again["methods"]["grpo"]["vs_warm_start"]["f1"]["mean"] > 0
+    text = again["gate"]["text"]
+    assert text.startswith("instrument valid") and "GRPO's F1 changes by +0.050" in text
 
 
 def test_gate_without_a_control_is_not_checked():
@@ -329,3 +455,74 @@ def test_a_users_benchmark_override_follows_the_demos_and_wins():
     assert config.disadvantaged == ("age=a4",) and config.min_domain_fraction == 0.1
     (again,) = parser.parse_args_into_dataclasses([])
     assert again.benchmark == list(DEMO_BENCHMARK)  # the default list is not extended in place
+
+
+class _LengthModel:
+    """Answers every prompt with its own length in tokens (digits), so an answer tells which row it belongs to."""
+
+    training = False
+
+    def __init__(self, tokenizer):
+        self.digits = {d: tokenizer.convert_tokens_to_ids(d) for d in "0123456789"}
+
+    def eval(self):
+        pass
+
+    def train(self, mode=True):
+        pass
+
+    def generate(self, input_ids, attention_mask, max_new_tokens, **_):
+        import torch
+
+        answers = [[self.digits[d] for d in str(int(n))] for n in attention_mask.sum(dim=1)]
+        width = max(map(len, answers))
+        new = torch.tensor([a + [self.digits["0"]] * (width - len(a)) for a in answers])
+        return torch.cat([input_ids, new], dim=1)
+
+
+def test_evaluation_batches_by_prompt_length_and_answers_in_row_order():
+    from fair_trl.demo.evaluation import Evaluator
+    from fair_trl.models import build_tiny_vlm
+
+    rows = list(ExperimentSettings(pretrain_rows=40, rl_rows=40, eval_rows=60).data().eval)
+    _, processor = build_tiny_vlm()
+    evaluator = Evaluator(processor, rows, [None] * len(rows), max_new_tokens=4, batch_size=7)
+    lengths = [int(batch["attention_mask"].sum(dim=1).max()) for batch in evaluator.batches]
+    assert lengths == sorted(lengths) and len(set(lengths)) > 1  # several prompt texts, batched by length
+    padding = sum(int((batch["attention_mask"] == 0).sum()) for batch in evaluator.batches)
+    assert padding < sum(lengths) * 7 / 4  # little left padding: rows of one length batch together
+    expected = []
+    for row in rows:
+        text = processor.apply_chat_template(row["prompt"], add_generation_prompt=True, tokenize=False)
+        single = processor(text=[text], images=[[row["image"]]], return_tensors="pt")
+        expected.append(str(single["input_ids"].shape[1]))
+    answers = [a.replace(" ", "").rstrip("0") for a in evaluator.answers(_LengthModel(processor.tokenizer))]
+    assert answers == [e.rstrip("0") for e in expected]
+
+
+def test_warm_start_data_is_the_chat_template_rendered_once():
+    from trl.data_utils import apply_chat_template, prepare_multimodal_messages
+
+    from fair_trl.demo.warmstart import add_completions, templated
+    from fair_trl.models import build_tiny_vlm
+
+    pretrain = ExperimentSettings(pretrain_rows=40, rl_rows=40, eval_rows=60).data().pretrain
+    _, processor = build_tiny_vlm()
+    rendered = templated(pretrain, processor)
+    # What TRL's collator renders from the messages at every step, row by row.
+    for row, ours in zip(add_completions(pretrain), rendered, strict=True):
+        example = {
+            "prompt": prepare_multimodal_messages(row["prompt"], images=[row["image"]]),
+            "completion": prepare_multimodal_messages(row["completion"]),
+        }
+        assert apply_chat_template(example, processor) == {k: ours[k] for k in ("prompt", "completion")}
+        assert ours["completion"].startswith("\\boxed{" + row["solution"] + "}")
+    assert rendered["image"][0].tobytes() == pretrain["image"][0].tobytes()
+
+
+def test_demo_help_lists_every_setting(capsys):
+    with pytest.raises(SystemExit) as done:
+        main(["demo", "--help"])
+    assert done.value.code == 0
+    shown = capsys.readouterr().out
+    assert "--min_cell_rows" in shown and "95% interval" in shown and "--eval_rows" in shown

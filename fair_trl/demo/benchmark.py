@@ -8,6 +8,10 @@
 
 Benchmark parameters are `SyntheticConfig` fields at their defaults unless ``-b key=value`` overrides
 them (`parse_overrides`); the three sizes set ``num_rows``.
+
+Two things here hold on any planting, not only the demo's: the positive control's sampling weights
+(`oracle_weights`, one rule: `ORACLE_RULE`), and the check that the held-out part can see every planted
+cell (`check_visible`, `VISIBILITY_RULE`), which `fair-trl demo` runs before training.
 """
 
 from __future__ import annotations
@@ -15,24 +19,59 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import math
+from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from fair_trl.data.synthetic import SyntheticConfig, is_disadvantaged
+from fair_trl.data.synthetic import SyntheticConfig, is_disadvantaged, planted_ground_truth
+from fair_trl.groups import normalise_attribute
 
 __all__ = [
+    "MIN_VISIBLE_ROWS",
+    "ORACLE_MAX_FACTOR",
+    "ORACLE_RULE",
+    "ORACLE_RULE_NAME",
     "ORACLE_WEIGHT_COLUMN",
+    "VISIBILITY_RULE",
     "DemoData",
     "benchmark_config",
+    "check_visible",
     "demo_data",
+    "oracle_weights",
     "parse_overrides",
+    "planted_cells",
     "planted_flags",
     "with_oracle_weights",
 ]
 
 ORACLE_WEIGHT_COLUMN = "oracle_weight"
+# The positive control's one rule, the same on any planting. "As often as the average cell" removes
+# exactly what the reducible profile's gap comes from, the planted groups' rarity, and nothing more; a
+# constant share ("half the draws") means a mild boost for a large planted group and a flood of a few
+# replayed rows for a small one. The cap stops a tiny cell's handful of RL rows from being replayed
+# until the control memorises them instead of learning their rule: at 5, even the demo's rarest cell
+# (age a1, about 6% of a domain) reaches the average of four age cells.
+ORACLE_MAX_FACTOR = 5.0
+ORACLE_RULE_NAME = f"average cell of its domain, at most {ORACLE_MAX_FACTOR:g}x"  # as the trial log names it
+ORACLE_RULE = (
+    "within each domain, every planted cell (its rows with released demographics, split by the attributes "
+    "planted there) that is rarer than the domain's average cell is drawn as often as that average cell, at "
+    f"most {ORACLE_MAX_FACTOR:g}x its natural share; the other cells share the rest in proportion to their size, "
+    "and domains and rows with hidden demographics keep their natural draws"
+)
+# Visibility: a planted cell's accuracy, measured on n held-out rows, has a binomial standard error of at
+# most 0.5 / sqrt(n). The planting opens a gap of about 0.5 in exact accuracy at the warm start (planted
+# about 0.35, the rest about 0.85), and the demo looks for cuts of about 30% of a gap, 0.15; a cell is
+# visible when the 95% interval of its accuracy is no wider than that: 1.96 * 0.5 / sqrt(n) <= 0.15.
+VISIBLE_HALF_WIDTH = 0.15
+MIN_VISIBLE_ROWS = math.ceil((1.96 * 0.5 / VISIBLE_HALF_WIDTH) ** 2)  # 43
+VISIBILITY_RULE = (
+    f"a 95% interval of +-{VISIBLE_HALF_WIDTH:g} on its accuracy at worst (p = 0.5) needs "
+    f"(1.96 * 0.5 / {VISIBLE_HALF_WIDTH:g})^2 rows"
+)
 # Set by the demo's own sizes, so not overridable with -b.
 _DERIVED = ("num_rows",)
 
@@ -125,11 +164,99 @@ def _demo_data(
     return DemoData(config=config, pretrain=pretrain.select(kept), rl=rl, eval=built["test"])
 
 
+def _planted_attributes(config: SyntheticConfig) -> dict[str, tuple[str, ...]]:
+    """Per domain, the attributes its planted groups are defined by ("age", "sex" or both; none if unplanted)."""
+    truth = planted_ground_truth(config)["domains"]
+    return {
+        domain: tuple(a for a in ("sex", "age") if any(f"{a}=" in key for key in info["disadvantaged"]))
+        for domain, info in truth.items()
+    }
+
+
+def _released(row: dict[str, Any], attributes: tuple[str, ...]) -> tuple[str, ...] | None:
+    """The row's released groups for `attributes` (e.g. ("F", "a4")), None when any of them is hidden."""
+    values = tuple(normalise_attribute(a, row[a]) for a in attributes)
+    return None if any(v is None for v in values) else values
+
+
+def oracle_weights(dataset, config: SyntheticConfig, max_factor: float = ORACLE_MAX_FACTOR) -> list[float]:
+    """The positive control's sampling weight of every row (see `ORACLE_RULE`).
+
+    Per domain, the rows with released demographics fall into cells by the attributes planted in that
+    domain (age bins, sexes, or both). A planted cell rarer than the domain's average cell (1/M of
+    those rows, M cells) is drawn as often as the average cell, but at most `max_factor` times its
+    natural share; the other cells share the rest in proportion to their sizes. Each domain keeps its
+    natural share of the draws and rows with hidden demographics keep their natural weight.
+    """
+    rows = dataset.select_columns(["dataset", "age", "sex"]).to_list()
+    attributes = _planted_attributes(config)
+    weights = [1.0] * len(rows)
+    cells: dict[str, dict[tuple[str, ...], list[int]]] = defaultdict(lambda: defaultdict(list))
+    for i, row in enumerate(rows):
+        values = _released(row, attributes.get(row["dataset"], ()))
+        if attributes.get(row["dataset"]) and values is not None:
+            cells[row["dataset"]][values].append(i)
+    for domain, by_value in cells.items():
+        known = sum(len(members) for members in by_value.values())
+        average = 1.0 / len(by_value)
+        raised: dict[tuple[str, ...], float] = {}
+        for values, members in by_value.items():
+            share = len(members) / known
+            first = rows[members[0]]  # a cell's rows share its groups, so they are all planted or none is
+            if share < average and is_disadvantaged(domain, first["age"], first["sex"], config):
+                raised[values] = min(average, max_factor * share)
+        # The cells not raised keep their relative sizes and take what the raised ones leave (> 0: not
+        # every cell can be below the average).
+        rest = sum(len(m) for v, m in by_value.items() if v not in raised) / known
+        scale = (1.0 - sum(raised.values())) / rest
+        for values, members in by_value.items():
+            share = len(members) / known
+            weight = raised[values] / share if values in raised else scale
+            for i in members:
+                weights[i] = weight
+    return weights
+
+
 def with_oracle_weights(dataset, config: SyntheticConfig):
-    """Add `oracle_weight`: planted-disadvantaged rows (known demographics) weigh as much as all others."""
-    flags = planted_flags(dataset, config)
-    n_flagged = sum(flags)
-    if n_flagged == 0:
-        raise ValueError("no planted-disadvantaged rows with known demographics to oversample")
-    heavy = (len(flags) - n_flagged) / n_flagged
-    return dataset.add_column(ORACLE_WEIGHT_COLUMN, [heavy if f else 1.0 for f in flags])
+    """Add `oracle_weight` (`oracle_weights`); refuses a planting with no planted row to oversample."""
+    if not any(planted_flags(dataset, config)):
+        raise ValueError(
+            f"no planted-disadvantaged rows with released demographics to oversample (disadvantaged="
+            f"{list(config.disadvantaged)})"
+        )
+    return dataset.add_column(ORACLE_WEIGHT_COLUMN, oracle_weights(dataset, config))
+
+
+def planted_cells(dataset, config: SyntheticConfig) -> dict[str, int]:
+    """Rows of every planted (domain, group), e.g. "ham10000/age=a1": rows whose released demographics match it."""
+    truth = planted_ground_truth(config)["domains"]
+    rows = dataset.select_columns(["dataset", "age", "sex"]).to_list()
+    counts: dict[str, int] = {}
+    for domain, info in truth.items():
+        if domain not in config.domains:
+            continue
+        for key in info["disadvantaged"]:
+            parts = [part.split("=", 1) for part in key.split("|")]
+            counts[f"{domain}/{key}"] = sum(
+                r["dataset"] == domain and all(normalise_attribute(a, r[a]) == v for a, v in parts) for r in rows
+            )
+    return counts
+
+
+def check_visible(dataset, config: SyntheticConfig, min_rows: int = MIN_VISIBLE_ROWS) -> dict[str, int]:
+    """Refuse a planting the held-out part cannot see (`VISIBILITY_RULE`); returns every cell's rows."""
+    counts = planted_cells(dataset, config)
+    if not counts:
+        raise ValueError(
+            f"nothing is planted: disadvantaged={list(config.disadvantaged)} names no group of the domains "
+            f"{list(config.domains)}, so there is no gap to measure"
+        )
+    small = {cell: n for cell, n in counts.items() if n < min_rows}
+    if small:
+        listed = ", ".join(f"{cell} {n} rows" for cell, n in sorted(small.items(), key=lambda kv: kv[1]))
+        raise ValueError(
+            f"planting not visible at this budget: {listed} of {len(dataset)} held-out rows, fewer than the "
+            f"{min_rows} a planted cell needs (min_cell_rows; its default {MIN_VISIBLE_ROWS}: {VISIBILITY_RULE}). "
+            "Raise --eval_rows, or plant groups with more rows (-b disadvantaged=[...], -b min_domain_fraction=...)."
+        )
+    return counts

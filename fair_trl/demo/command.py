@@ -78,6 +78,7 @@ def main(argv: list[str]) -> int:
             chosen["methods"] = [*chosen["methods"], *(m for m in extra if m not in chosen["methods"])]
     try:
         settings = ExperimentSettings(**chosen)
+        settings.check_visible()
     except ValueError as error:
         parser.error(str(error))
     run_demo(settings, options.output_dir, options.cache_dir, options.trial_log, trial=options.trial)

@@ -42,6 +42,10 @@ class Evaluator:
     """Scores a model on fixed rows; the processed inputs are built once and reused at every checkpoint.
 
     `planted`: per row "planted" or "other" by its released demographics, None where they are hidden.
+
+    Rows are batched by prompt length (each domain has its own prompt text), so a batch carries little
+    left padding and its answers, all of one domain's kind, tend to end together; answers come back in
+    the rows' order.
     """
 
     def __init__(self, processor, rows: list[dict[str, Any]], planted: list[str | None], max_new_tokens: int,
@@ -51,14 +55,19 @@ class Evaluator:
         self.planted = planted
         self.max_new_tokens = max_new_tokens
         processor.tokenizer.padding_side = "left"
+        texts = [processor.apply_chat_template(r["prompt"], add_generation_prompt=True, tokenize=False) for r in rows]
+        # By length in characters: rows with one prompt text batch together, in their own order.
+        self.order = sorted(range(len(rows)), key=lambda i: len(texts[i]))
         self.batches = []
         for start in range(0, len(rows), batch_size):
-            chunk = rows[start : start + batch_size]
-            texts = [
-                processor.apply_chat_template(r["prompt"], add_generation_prompt=True, tokenize=False) for r in chunk
-            ]
+            chunk = self.order[start : start + batch_size]
             self.batches.append(
-                processor(text=texts, images=[[r["image"]] for r in chunk], padding=True, return_tensors="pt")
+                processor(
+                    text=[texts[i] for i in chunk],
+                    images=[[rows[i]["image"]] for i in chunk],
+                    padding=True,
+                    return_tensors="pt",
+                )
             )
         self.references = [to_label_set(r["solution"]) for r in rows]
         self.datasets = [r["dataset"] for r in rows]
@@ -66,17 +75,21 @@ class Evaluator:
         self.groups = {a: [attribute_group(a, r) for r in rows] for a in ATTRIBUTES}
 
     def answers(self, model) -> list[str]:
+        """The greedy answer to every row, in the rows' order."""
         import torch
 
         was_training = model.training
         model.eval()
-        out: list[str] = []
+        in_batch_order: list[str] = []
         with torch.no_grad():
             for inputs in self.batches:
                 generated = model.generate(**inputs, max_new_tokens=self.max_new_tokens, do_sample=False)
                 new_tokens = generated[:, inputs["input_ids"].shape[1] :]
-                out += self.processor.batch_decode(new_tokens, skip_special_tokens=True)
+                in_batch_order += self.processor.batch_decode(new_tokens, skip_special_tokens=True)
         model.train(was_training)
+        out = [""] * len(in_batch_order)
+        for row, answer in zip(self.order, in_batch_order, strict=True):
+            out[row] = answer
         return out
 
     def evaluate(self, model) -> dict[str, Any]:

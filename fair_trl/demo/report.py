@@ -13,10 +13,18 @@ from typing import Any
 
 import numpy as np
 
+from fair_trl.demo.benchmark import MIN_VISIBLE_ROWS, ORACLE_RULE, VISIBILITY_RULE
 from fair_trl.demo.evaluation import ATTRIBUTES
 from fair_trl.demo.experiment import METHODS, ExperimentSettings
 from fair_trl.demo.instrument import gate, read_trials
-from fair_trl.demo.stats import HEADLINE_METRICS, excludes_zero, final_metrics, paired_difference, seed_summary
+from fair_trl.demo.stats import (
+    HEADLINE_METRICS,
+    checkpoint_metrics,
+    excludes_zero,
+    final_metrics,
+    paired_difference,
+    seed_summary,
+)
 
 __all__ = ["AIM", "analyse", "markdown", "rebuild", "summary_markdown", "write_report"]
 
@@ -66,6 +74,11 @@ def analyse(
         entry["group_f1"] = _group_values(grouped[method], "group_f1")
         entry["group_exact"] = _group_values(grouped[method], "group_exact")
         entry["distinct_answers"] = [r["checkpoints"][-1]["distinct_answers"] for r in grouped[method]]
+        # What RL did to the seed's warm start (step 0, the same for every method of a seed).
+        starts = [checkpoint_metrics(r["checkpoints"][0]) for r in grouped[method]]
+        entry["vs_warm_start"] = {
+            name: paired_difference([v[name] for v in values], [s[name] for s in starts]) for name in SUMMARY_METRICS
+        }
         if method != "grpo":
             entry["vs_grpo"] = _versus(values, reference)
         methods[method] = entry
@@ -81,6 +94,7 @@ def analyse(
         "context": context,
         "instrument_trials": trials or [],
     }
+    results["control_rule"] = ORACLE_RULE  # as the report describes it, even after the code's rule changes
     results["gate"] = gate(results)
     results["verdict"] = _verdict(methods, results["gate"])
     return results
@@ -210,7 +224,8 @@ def _command(settings: dict[str, Any]) -> str:
     return " ".join(parts)
 
 
-def _trial_rows(trials: list[dict[str, Any]]) -> list[list[str]]:
+def _trial_rows(trials: list[dict[str, Any]], two_part: bool) -> list[list[str]]:
+    """The trial log as table rows; `two_part` adds the control rule and the second gate's columns."""
     defaults = ExperimentSettings().to_dict()
     rows = []
     for i, trial in enumerate(trials, start=1):
@@ -220,17 +235,19 @@ def _trial_rows(trials: list[dict[str, Any]]) -> list[list[str]]:
             if v != defaults.get(k)
         ]
         diff = trial["control_vs_grpo_delta_f1"]
-        rows.append(
-            [
-                str(i),
-                "; ".join(changed) or "defaults",
-                f"{trial['grpo']['delta_f1']:.3f}",
-                f"{trial['control']['delta_f1']:.3f}",
-                f"{diff['mean']:+.3f} [{diff['ci'][0]:+.3f}, {diff['ci'][1]:+.3f}]",
-                "valid" if trial["valid"] else "invalid",
-                f"{trial['wall_seconds'] / 60:.1f}",
-            ]
-        )
+        row = [str(i), "; ".join(changed) or "defaults"]
+        if two_part:
+            # Trials before the rule was written down drew planted rows half the time, and checked no second part.
+            row.append(trial.get("control_rule", "planted rows half the draws"))
+        row += [
+            f"{trial['grpo']['delta_f1']:.3f}",
+            f"{trial['control']['delta_f1']:.3f}",
+            f"{diff['mean']:+.3f} [{diff['ci'][0]:+.3f}, {diff['ci'][1]:+.3f}]",
+        ]
+        if two_part:
+            learns = trial.get("grpo_f1_vs_warm_start")
+            row.append(f"{learns['mean']:+.3f} [{learns['ci'][0]:+.3f}, {learns['ci'][1]:+.3f}]" if learns else "-")
+        rows.append([*row, "valid" if trial["valid"] else "invalid", f"{trial['wall_seconds'] / 60:.1f}"])
     return rows
 
 
@@ -384,23 +401,35 @@ def _timing_text(timing: dict[str, Any]) -> str:
 
 def _instrument_section(results: dict[str, Any]) -> list[str]:
     trials = results.get("instrument_trials", [])
-    lines = [
-        results["gate"]["text"],
-        "",
-        "The gate: GRPO with oracle oversampling (planted-disadvantaged rows drawn as often as all others "
-        "together, knowledge no method has) must cut ΔF1 versus GRPO at the final checkpoint with a paired 95% "
-        "interval that excludes 0. Benchmark and budget were chosen by looking only at GRPO and this control: "
-        "`fair-trl demo --trial` runs just those two methods and appends its result to "
-        "`reports/demo/instrument_trials.jsonl`, which nothing else writes. Every trial in that log when this "
-        f"report was written ({len(trials)}), in order:",
-        "",
-    ]
+    log = (
+        "Benchmark and budget were chosen by looking only at GRPO and this control: `fair-trl demo --trial` runs "
+        "just those two methods and appends its result to `reports/demo/instrument_trials.jsonl`, which nothing "
+        f"else writes. Every trial in that log when this report was written ({len(trials)}), in order"
+    )
+    # A report describes the gate and control its own run had: results from before the written-down rule
+    # and the second gate keep their own description.
+    two_part = "grpo_f1_change" in results["gate"]
+    if two_part:
+        rule = results.get("control_rule", "planted-disadvantaged rows drawn as often as all others together")
+        description = (
+            "The gate, two parts at the final checkpoint, paired by seed: GRPO with oracle oversampling (knowledge "
+            f"no method has: {rule}) must cut ΔF1 versus GRPO with a 95% t interval that excludes 0; and GRPO must "
+            "not lose F1 against its warm start on average (RL that makes the model worse is not the paper's "
+            f"setting). {log} (earlier trials checked the first part only):"
+        )
+    else:
+        description = (
+            "The gate: GRPO with oracle oversampling (planted-disadvantaged rows drawn as often as all others "
+            "together, knowledge no method has) must cut ΔF1 versus GRPO at the final checkpoint with a paired 95% "
+            f"interval that excludes 0. {log}:"
+        )
+    lines = [results["gate"]["text"], "", description, ""]
     if trials:
-        lines += _table(
-            ["#", "settings (differences from today's defaults)", "GRPO ΔF1", "control ΔF1",
-             "control - GRPO ΔF1 [95% CI]", "gate", "min"],
-            _trial_rows(trials),
-        )  # fmt: skip
+        header = ["#", "settings (differences from today's defaults)"]
+        header += ["control rule"] if two_part else []
+        header += ["GRPO ΔF1", "control ΔF1", "control - GRPO ΔF1 [95% CI]"]
+        header += ["GRPO F1 - warm start [95% CI]"] if two_part else []
+        lines += _table([*header, "gate", "min"], _trial_rows(trials, two_part))
     else:
         lines.append("(no trials logged)")
     return lines
@@ -433,6 +462,15 @@ def _benchmark_section(context: dict[str, Any], data: dict[str, Any]) -> list[st
             + ", ".join(f"{g} {n}" for g, n in data["eval_group_rows"].items())
             + "."
         )
+        cells = data.get("planted_cell_rows")
+        if cells:
+            lines += [
+                "",
+                f"Held-out rows per planted cell (checked before training; {VISIBILITY_RULE}, so the demo refuses a "
+                f"planting with a cell under {MIN_VISIBLE_ROWS} rows): "
+                + ", ".join(f"{cell} {n}" for cell, n in cells.items())
+                + ".",
+            ]
     return lines
 
 

@@ -96,6 +96,7 @@ def main(
     trial_log = TRIAL_LOG if trial_log is None else trial_log
     if trial and list(settings.methods) != list(TRIAL_METHODS):
         raise ValueError(f"a trial runs exactly {list(TRIAL_METHODS)}, got methods={settings.methods}")
+    visible = settings.check_visible()  # before any training: a planting the held-out part cannot see
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
@@ -117,6 +118,7 @@ def main(
         "load_average": os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan"),
     }
     facts = context(settings, warm, timing)
+    facts["data"]["planted_cell_rows"] = visible
     (output_dir / "runs.json").write_text(json.dumps({"settings": settings.to_dict(), "context": facts, "runs": runs}))
     if trial:
         # The trial's own result goes into the log before the report reads it, so the report lists it too.
