@@ -55,6 +55,8 @@ __all__ = [
     "column_names",
     "domain_key",
     "is_auto",
+    "read_demographic_columns",
+    "read_domain_column",
     "normalise_attribute",
     "parse_column",
     "parse_columns",
@@ -162,6 +164,17 @@ def is_auto(setting: Any) -> bool:
     if isinstance(setting, str):
         return setting == AUTO
     return isinstance(setting, list | tuple) and list(setting) == [AUTO]
+
+
+def read_domain_column(setting: str | None) -> str | None:
+    """The domain column a setting reads before a dataset resolves it: `AUTO` reads the default column."""
+    return DEFAULT_DOMAIN_COLUMN if is_auto(setting) else setting
+
+
+def read_demographic_columns(setting: Sequence[str] | str) -> Sequence[str] | str:
+    """The demographic columns a setting reads before a dataset resolves it: `AUTO` reads the default columns
+    (a row lacking one reads as unknown)."""
+    return DEFAULT_DEMOGRAPHIC_COLUMNS if is_auto(setting) else setting
 
 
 def _is_nan(value: Any) -> bool:
@@ -386,10 +399,7 @@ class GroupKeyer:
         `AUTO` columns, not yet resolved against a dataset, are the default columns.
         """
         kinds = getattr(config, "demographic_kinds", None)
-        columns = config.demographic_columns
-        if is_auto(columns):
-            columns = DEFAULT_DEMOGRAPHIC_COLUMNS
-        return cls(columns, config.age_bins, config.max_age, kinds=kinds)
+        return cls(read_demographic_columns(config.demographic_columns), config.age_bins, config.max_age, kinds=kinds)
 
     @property
     def specs(self) -> list[str]:

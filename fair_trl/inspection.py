@@ -28,6 +28,7 @@ from fair_trl.groups import (
     domain_key,
     is_auto,
     normalise_attribute,
+    read_demographic_columns,
 )
 from fair_trl.labels import canonical_labels, label_key, read_label_sets, to_label_set
 
@@ -81,7 +82,7 @@ class ColumnSettings:
 
     def keyer(self) -> GroupKeyer:
         """The training keyer; it logs no warnings, as the report lists the values that did not parse."""
-        columns = DEFAULT_DEMOGRAPHIC_COLUMNS if is_auto(self.demographic_columns) else self.demographic_columns
+        columns = read_demographic_columns(self.demographic_columns)
         names = GroupKeyer(columns, kinds=self.demographic_kinds).columns
         return GroupKeyer(columns, self.age_bins, self.max_age, kinds=self.demographic_kinds, warned=set(names))
 

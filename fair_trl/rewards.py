@@ -17,7 +17,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from fair_trl.groups import ALL_DOMAINS, DEFAULT_DOMAIN_COLUMN, is_auto
+from fair_trl.groups import ALL_DOMAINS, DEFAULT_DOMAIN_COLUMN, read_domain_column
 from fair_trl.labels import SYNONYMS, canonical_labels, label_classes, label_key, read_label_sets, to_label_set
 
 __all__ = [
@@ -216,7 +216,11 @@ class AccuracyReward:
     @classmethod
     def from_config(cls, config: Any) -> AccuracyReward:
         """The reward a `FairGRPOConfig` describes: its label_sets, solution_column and domain_column."""
-        return cls(config.label_sets, solution_column=config.solution_column, domain_column=_domain_column(config))
+        return cls(
+            config.label_sets,
+            solution_column=config.solution_column,
+            domain_column=read_domain_column(config.domain_column),
+        )
 
     def label_set(self, domain: Any) -> tuple[str, ...] | None:
         """The labels `domain` may answer: declared, else built in; None when neither knows it."""
@@ -293,7 +297,7 @@ def with_config_label_sets(reward_funcs: Any, config: Any) -> Any:
     So a config's label_sets, solution_column and domain_column reach the reward a user passed by name;
     an `AccuracyReward` built by the user is kept as it is.
     """
-    wanted = (config.label_sets, config.solution_column, _domain_column(config))
+    wanted = (config.label_sets, config.solution_column, read_domain_column(config.domain_column))
     if wanted == (None, "solution", DEFAULT_DOMAIN_COLUMN):
         return reward_funcs
 
@@ -303,11 +307,6 @@ def with_config_label_sets(reward_funcs: Any, config: Any) -> Any:
     if isinstance(reward_funcs, list | tuple):
         return type(reward_funcs)(bound(f) for f in reward_funcs)
     return bound(reward_funcs)
-
-
-def _domain_column(config: Any) -> str | None:
-    # A domain_column the train dataset has not resolved yet (AUTO) reads the default column.
-    return DEFAULT_DOMAIN_COLUMN if is_auto(config.domain_column) else config.domain_column
 
 
 accuracy_reward = AccuracyReward()
