@@ -87,20 +87,44 @@ class EpochRepeatSampler(RepeatSampler):
 
 
 class BalancedRepeatSampler(EpochRepeatSampler):
-    """TRL's `RepeatSampler`, with each epoch's index order drawn by `weights` with replacement."""
+    """TRL's `RepeatSampler`, with each epoch's rows drawn by `weights` (with replacement), coupled to TRL's order.
+
+    The draw is a maximal coupling with the unweighted shuffle of the same seed: at each position the row
+    TRL would draw there is kept with probability ``min(1, w / (1/n))``, and otherwise replaced by a row
+    drawn from what ``w`` has beyond ``1/n``. Each position still draws row i with probability ``w_i``
+    exactly, while a weighted run shares as many prompts, at the same steps, with the unweighted run of
+    its seed as the weights allow; so comparing the two measures the weighting, not two unrelated orders.
+    """
 
     def __init__(self, weights: np.ndarray, **kwargs):
         super().__init__(**kwargs)
         if len(weights) != self.num_samples:
             raise ValueError(f"weights has {len(weights)} entries for a dataset of {self.num_samples} rows")
         self.weights = torch.as_tensor(weights, dtype=torch.double)
-        # Drawn even when TRL would not shuffle: a weighted draw is the point of this sampler.
+        self.weights = self.weights / self.weights.sum()
+        # Drawn even when TRL would not shuffle: a weighted draw is the point of this sampler. The
+        # replacements come from a second generator, so the first advances exactly as TRL's does.
         self.generator = torch.Generator()
+        self.replacements = torch.Generator()
         if self.seed is not None:
             self.generator.manual_seed(self.seed)
+            self.replacements.manual_seed(self.seed + 1)
+
+    def set_epoch(self, epoch: int) -> None:
+        if self.seed is not None:
+            self.replacements.manual_seed(self.seed + 1)
+        super().set_epoch(epoch)
 
     def _draw(self) -> list[int]:
-        return torch.multinomial(self.weights, self.num_samples, replacement=True, generator=self.generator).tolist()
+        n = self.num_samples
+        order = super()._draw()
+        keep = torch.clamp(self.weights[order] * n, max=1.0)
+        kept = torch.rand(n, generator=self.replacements, dtype=torch.double) < keep
+        excess = torch.clamp(self.weights - 1.0 / n, min=0.0)
+        if excess.sum() <= 0:  # uniform weights: TRL's own order
+            return order
+        others = torch.multinomial(excess, n, replacement=True, generator=self.replacements)
+        return torch.where(kept, torch.as_tensor(order), others).tolist()
 
     def __iter__(self):
         indexes = self._draw()
@@ -128,7 +152,9 @@ def train_sampler(
         "mini_repeat_count": num_generations,
         "batch_size": config.generation_batch_size // num_generations,
         "repeat_count": num_iterations * config.steps_per_generation,
-        "seed": config.seed,
+        # transformers' `data_seed` ("the seed of data samplers"), else `seed`: with both set, a run can
+        # keep its prompt order and change only its sampling of completions.
+        "seed": config.seed if config.data_seed is None else config.data_seed,
     }
     if not (config.balanced_sampling or config.sampling_weight_column):
         return EpochRepeatSampler(**layout, shuffle=shuffle)

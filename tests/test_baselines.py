@@ -131,6 +131,44 @@ def test_balanced_sampler_keeps_trl_layout_and_balances_cells():
     assert 0.4 < share_y < 0.6
 
 
+def test_weighted_draw_is_coupled_to_trls_order_of_the_same_seed():
+    from fair_trl.sampling import EpochRepeatSampler
+
+    n = 200
+    weights = np.ones(n)
+    weights[:20] = 6.0  # the first 10% of rows drawn six times as often
+    weights /= weights.sum()
+    layout = {"data_source": range(n), "mini_repeat_count": 1, "batch_size": 1}
+    # Every position still draws row i with probability weights[i] (over many seeds).
+    counts = np.zeros(n)
+    shared = []
+    for seed in range(300):
+        weighted = list(BalancedRepeatSampler(weights, **layout, seed=seed))
+        plain = list(EpochRepeatSampler(**layout, shuffle=True, seed=seed))
+        counts += np.bincount(weighted, minlength=n)
+        shared.append(np.mean(np.array(weighted) == np.array(plain)))
+    share_heavy = counts[:20].sum() / counts.sum()
+    assert share_heavy == pytest.approx(weights[:20].sum(), abs=0.01)
+    # ... and keeps TRL's row at a position as often as a coupling can: sum_i min(1/n, w_i).
+    assert np.mean(shared) == pytest.approx(np.minimum(1 / n, weights).sum(), abs=0.01)
+    # Uniform weights are TRL's own order.
+    assert list(BalancedRepeatSampler(np.ones(n) / n, **layout, seed=3)) == list(
+        EpochRepeatSampler(**layout, shuffle=True, seed=3)
+    )
+
+
+def test_data_seed_sets_the_prompt_order_and_seed_the_rest(text_model_dir, tmp_path):
+    data = text_dataset(n=40)
+
+    def order(**seeds):
+        args = FairGRPOConfig(**{**trainer_config(tmp_path), **seeds}, advantage_estimator="grpo")
+        trainer = FairGRPOTrainer(model=text_model_dir, reward_funcs=length_reward, args=args, train_dataset=data)
+        return list(trainer._get_train_sampler())
+
+    assert order(seed=1, data_seed=7) == order(seed=2, data_seed=7) == order(seed=7)
+    assert order(seed=1) != order(seed=2)
+
+
 @pytest.mark.parametrize("estimator", ["rloo", "reinforce_pp", "group_dro"])
 def test_baselines_train_through_the_seam(text_model_dir, tmp_path, estimator):
     trainer = RecordingTrainer(

@@ -17,6 +17,7 @@ from fair_trl.demo.plots import PLOTS, pareto_front
 from fair_trl.demo.report import analyse, rebuild
 from fair_trl.demo.run import publish
 from fair_trl.demo.stats import paired_difference, seed_summary
+from fair_trl.groups import normalise_attribute
 
 # Small enough for the suite, large enough that the warm start learns the answer format (60 steps).
 # Its planted cells hold a few held-out rows each, so the visibility check is off (--min_cell_rows 0).
@@ -113,7 +114,7 @@ def test_trial_runs_grpo_and_the_control_only_and_logs_every_call(two_workers, c
     assert len(logged) == 1 and set(logged[0]["settings"]) == set(TRIAL_FIELDS)
     assert logged[0]["settings"]["benchmark"] == [*DEMO_BENCHMARK, "cue_strength=0.08"]  # -b adds to the demo's
     assert logged[0]["valid"] == trial["gate"]["valid"]
-    assert logged[0]["control_rule"].startswith("average cell of its domain")
+    assert logged[0]["control_rule"].startswith("most common unplanted cell of its domain")
     assert logged[0]["grpo_f1_vs_warm_start"]["mean"] == pytest.approx(
         trial["methods"]["grpo"]["vs_warm_start"]["f1"]["mean"]
     )
@@ -124,7 +125,7 @@ def test_trial_runs_grpo_and_the_control_only_and_logs_every_call(two_workers, c
     report = (tmp / "trial" / "report.md").read_text()
     assert "`cue_strength=0.08`" in report and "trials.jsonl" in report and "| 1 |" in report
     # The two-part gate and the control's rule, as this run had them; and the planted cells' held-out rows.
-    assert "The gate, two parts" in report and "| average cell of its domain, at most 5x |" in report
+    assert "The gate, two parts" in report and "| most common unplanted cell of its domain, at most 5x |" in report
     assert "Held-out rows per planted cell" in report and "ham10000/age=a1 " in report
     for extra in (["--methods", "grpo", "fair_grpo"], ["--baselines"], ["--variants"]):
         with pytest.raises(SystemExit):
@@ -188,27 +189,26 @@ def draw_shares(weights, rows, key):
     return out
 
 
-def test_oracle_draws_each_rare_planted_cell_as_often_as_its_domains_average_cell():
+def test_oracle_draws_each_planted_cell_as_often_as_its_domains_most_common_unplanted_cell():
     from fair_trl.data.synthetic import SyntheticConfig
     from fair_trl.demo.benchmark import oracle_weights
 
     # Ages 20, 40, 60, 80 are the bins a1..a4. HAM10000: 100 rows with released demographics, 10 hidden;
     # ISIC-2020 is not planted here.
-    rows = hand_made({("ham10000", 20, "F"): 5, ("ham10000", 40, "F"): 40, ("ham10000", 60, "M"): 45,
-                      ("ham10000", 80, "M"): 10, ("ham10000", None, None): 10, ("isic2020", 40, "F"): 50})  # fmt: skip
+    rows = hand_made({("ham10000", 20, "F"): 10, ("ham10000", 40, "F"): 40, ("ham10000", 60, "M"): 30,
+                      ("ham10000", 80, "M"): 20, ("ham10000", None, None): 10, ("isic2020", 40, "F"): 50})  # fmt: skip
     config = SyntheticConfig(disadvantaged=("ham10000:age=a1", "ham10000:age=a4"))
     weights = oracle_weights(rows, config)
     share = draw_shares(weights, rows, lambda r: (r["dataset"], r["age"]))
     # Domains keep their natural share (110 and 50 of 160 rows), hidden rows their natural draws.
     assert share[("isic2020", 40)] == pytest.approx(50 / 160)
     assert share[("ham10000", None)] == pytest.approx(10 / 160)
-    # Four age cells among HAM10000's 100 known rows: a1 (5%) and a4 (10%) each get the average, a quarter;
-    # a2 and a3 share the other half by size.
+    # a1 (10 rows) and a4 (20 rows) are each drawn as often as a2, the largest unplanted cell (40 rows);
+    # a2 and a3 keep their sizes: masses 40, 40, 30, 40 over HAM10000's 100 known rows.
     known = 100 / 160
-    assert share[("ham10000", 20)] == pytest.approx(known / 4)
-    assert share[("ham10000", 80)] == pytest.approx(known / 4)
-    assert share[("ham10000", 40)] == pytest.approx(known / 2 * 40 / 85)
-    assert share[("ham10000", 60)] == pytest.approx(known / 2 * 45 / 85)
+    assert share[("ham10000", 20)] == pytest.approx(known * 40 / 150)
+    assert share[("ham10000", 80)] == pytest.approx(share[("ham10000", 40)])
+    assert share[("ham10000", 60)] == pytest.approx(known * 30 / 150)
 
 
 def test_oracle_caps_a_tiny_cell_and_leaves_a_large_one_and_reads_intersections():
@@ -218,18 +218,22 @@ def test_oracle_caps_a_tiny_cell_and_leaves_a_large_one_and_reads_intersections(
     rows = hand_made({("ham10000", 20, "F"): 1, ("ham10000", 40, "F"): 59, ("ham10000", 40, "M"): 40,
                       ("isic2020", 80, "F"): 6, ("isic2020", 80, "M"): 14, ("isic2020", 40, "F"): 40,
                       ("isic2020", 40, "M"): 40})  # fmt: skip
-    # HAM10000: age a1 is 1% (capped at 5x, 5%) and sex F is 60%, above the average of two sex cells (left
-    # alone); so the cells are (sex, age) pairs there. ISIC-2020: only women over 75 are planted.
+    # HAM10000: age a1 is 1% (capped at 5x its size) and sex F is 60%, more than the largest unplanted cell
+    # (left at its size); so the cells are (sex, age) pairs there. ISIC-2020: only women over 75 are planted.
     config = SyntheticConfig(disadvantaged=("ham10000:age=a1", "ham10000:sex=F", "isic2020:sex=F|age=a4"))
     weights = oracle_weights(rows, config)
     ham = draw_shares(weights[:100], rows.select(range(100)), lambda r: (r["age"], r["sex"]))
-    assert ham[(20, "F")] == pytest.approx(ORACLE_MAX_FACTOR * 0.01)
-    # (40, F), 59% of the rows, is planted through sex=F but above the average of three cells: natural size.
+    # Masses: (20, F) 5 (capped), (40, F) 59 (planted through sex=F, already larger), (40, M) 40.
+    assert ham[(20, "F")] == pytest.approx(ORACLE_MAX_FACTOR * 1 / 104)
     assert ham[(40, "F")] / ham[(40, "M")] == pytest.approx(59 / 40)
     isic = draw_shares(weights[100:], rows.select(range(100, 200)), lambda r: (r["age"], r["sex"]))
-    assert isic[(80, "F")] == pytest.approx(1 / 4)  # four (sex, age) cells; F over 75 is 6%, raised to 25%
+    # F over 75 (6 rows) is capped at 30, below the largest unplanted cell (40): masses 30, 14, 40, 40.
+    assert isic[(80, "F")] == pytest.approx(30 / 124)
     assert isic[(80, "M")] / isic[(40, "M")] == pytest.approx(14 / 40)  # unplanted cells keep their sizes
     assert sum(weights[:100]) == pytest.approx(100) and sum(weights[100:]) == pytest.approx(100)
+    # A domain whose every released cell is planted keeps its natural draws.
+    everyone = SyntheticConfig(disadvantaged=("isic2020:sex=F", "isic2020:sex=M"))
+    assert oracle_weights(rows, everyone)[100:] == [1.0] * 100
 
 
 def test_oracle_weights_on_the_demos_data(data):
@@ -237,9 +241,23 @@ def test_oracle_weights_on_the_demos_data(data):
     planted = np.array(planted_flags(train, data.config))
     weights = np.array(train["oracle_weight"])
     assert 0 < planted.mean() < 0.5
-    # Age a1 and a4 each get a quarter of their domain's known rows, so together about half of all draws.
-    assert 0.4 < weights[planted].sum() / weights.sum() < 0.5
+    assert weights[planted].sum() / weights.sum() > 2 * planted.mean()
     assert weights[planted].min() > 1 > weights[~planted & (weights != 1)].max()
+    # In every domain, a1 and a4 are each drawn as often as its largest unplanted age cell, or 5x their size.
+    rows = train.select_columns(["dataset", "age"]).to_list()
+    for domain in sorted({r["dataset"] for r in rows}):
+        cells: dict[str, list[float]] = {}
+        for r, w in zip(rows, weights, strict=True):
+            if r["dataset"] == domain and r["age"] is not None:
+                cells.setdefault(normalise_attribute("age", r["age"]), []).append(w)
+        largest = max(sum(v) for a, v in cells.items() if a not in ("a1", "a4"))
+        largest_size = max(len(v) for a, v in cells.items() if a not in ("a1", "a4"))
+        for planted_age in ("a1", "a4"):
+            drawn, size = sum(cells[planted_age]), len(cells[planted_age])
+            if 5 * size >= largest_size:
+                assert drawn == pytest.approx(largest)
+            else:
+                assert drawn == pytest.approx(5 * size / largest_size * largest)
 
 
 def test_visibility_check_names_the_cells_too_small_to_see():

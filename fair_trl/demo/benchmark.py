@@ -48,19 +48,20 @@ __all__ = [
 ]
 
 ORACLE_WEIGHT_COLUMN = "oracle_weight"
-# The positive control's one rule, the same on any planting. "As often as the average cell" removes
-# exactly what the reducible profile's gap comes from, the planted groups' rarity, and nothing more; a
-# constant share ("half the draws") means a mild boost for a large planted group and a flood of a few
-# replayed rows for a small one. The cap stops a tiny cell's handful of RL rows from being replayed
-# until the control memorises them instead of learning their rule: at 5, even the demo's rarest cell
-# (age a1, about 6% of a domain) reaches the average of four age cells.
+# The positive control's one rule, the same on any planting. "As often as the domain's most common
+# unplanted cell" removes exactly what the reducible profile's gap comes from, the planted groups' rarity:
+# no planted group is rarer than any other group of its domain. A constant share ("half the draws") means
+# a mild boost for a large planted group and a flood of a few replayed rows for a small one; "as often as
+# the average cell" left the planted groups rarer than the common ones and cut the gap too weakly to be
+# seen with five seeds on any of three plantings. The cap stops a tiny cell's handful of RL rows from
+# being replayed until the control memorises them instead of learning their rule.
 ORACLE_MAX_FACTOR = 5.0
-ORACLE_RULE_NAME = f"average cell of its domain, at most {ORACLE_MAX_FACTOR:g}x"  # as the trial log names it
+ORACLE_RULE_NAME = f"most common unplanted cell of its domain, at most {ORACLE_MAX_FACTOR:g}x"  # the trial log's name
 ORACLE_RULE = (
     "within each domain, every planted cell (its rows with released demographics, split by the attributes "
-    "planted there) that is rarer than the domain's average cell is drawn as often as that average cell, at "
-    f"most {ORACLE_MAX_FACTOR:g}x its natural share; the other cells share the rest in proportion to their size, "
-    "and domains and rows with hidden demographics keep their natural draws"
+    "planted there) is drawn as often as the domain's most common unplanted cell, at most "
+    f"{ORACLE_MAX_FACTOR:g}x as often as its size alone would give; unplanted cells keep their relative sizes, "
+    "and domains, and rows with hidden demographics, keep their natural share of the draws"
 )
 # Visibility: a planted cell's accuracy, measured on n held-out rows, has a binomial standard error of at
 # most 0.5 / sqrt(n). The planting opens a gap of about 0.5 in exact accuracy at the warm start (planted
@@ -183,10 +184,10 @@ def oracle_weights(dataset, config: SyntheticConfig, max_factor: float = ORACLE_
     """The positive control's sampling weight of every row (see `ORACLE_RULE`).
 
     Per domain, the rows with released demographics fall into cells by the attributes planted in that
-    domain (age bins, sexes, or both). A planted cell rarer than the domain's average cell (1/M of
-    those rows, M cells) is drawn as often as the average cell, but at most `max_factor` times its
-    natural share; the other cells share the rest in proportion to their sizes. Each domain keeps its
-    natural share of the draws and rows with hidden demographics keep their natural weight.
+    domain (age bins, sexes, or both). Each cell gets a mass: its size if unplanted; if planted, the size
+    of the domain's largest unplanted cell, but at most `max_factor` times its own size (and never less
+    than its own size). The masses are then scaled so the domain keeps its natural share of the draws,
+    and rows with hidden demographics keep their natural weight.
     """
     rows = dataset.select_columns(["dataset", "age", "sex"]).to_list()
     attributes = _planted_attributes(config)
@@ -197,23 +198,23 @@ def oracle_weights(dataset, config: SyntheticConfig, max_factor: float = ORACLE_
         if attributes.get(row["dataset"]) and values is not None:
             cells[row["dataset"]][values].append(i)
     for domain, by_value in cells.items():
-        known = sum(len(members) for members in by_value.values())
-        average = 1.0 / len(by_value)
-        raised: dict[tuple[str, ...], float] = {}
+        # A cell's rows share its groups, so they are all planted or none is.
+        planted = {
+            values: is_disadvantaged(domain, rows[members[0]]["age"], rows[members[0]]["sex"], config)
+            for values, members in by_value.items()
+        }
+        unplanted_sizes = [len(m) for v, m in by_value.items() if not planted[v]]
+        if not unplanted_sizes:  # every cell planted: nothing to be rarer than
+            continue
+        largest = max(unplanted_sizes)
+        mass = {
+            values: max(len(members), min(largest, max_factor * len(members))) if planted[values] else len(members)
+            for values, members in by_value.items()
+        }
+        scale = sum(len(m) for m in by_value.values()) / sum(mass.values())  # the domain keeps its share
         for values, members in by_value.items():
-            share = len(members) / known
-            first = rows[members[0]]  # a cell's rows share its groups, so they are all planted or none is
-            if share < average and is_disadvantaged(domain, first["age"], first["sex"], config):
-                raised[values] = min(average, max_factor * share)
-        # The cells not raised keep their relative sizes and take what the raised ones leave (> 0: not
-        # every cell can be below the average).
-        rest = sum(len(m) for v, m in by_value.items() if v not in raised) / known
-        scale = (1.0 - sum(raised.values())) / rest
-        for values, members in by_value.items():
-            share = len(members) / known
-            weight = raised[values] / share if values in raised else scale
             for i in members:
-                weights[i] = weight
+                weights[i] = scale * mass[values] / len(members)
     return weights
 
 

@@ -54,6 +54,7 @@ __all__ = [
     "DEMO_BENCHMARK",
     "DEFAULT_METHODS",
     "METHODS",
+    "NOISE_METHODS",
     "VARIANT_METHODS",
     "ExperimentSettings",
     "Method",
@@ -67,9 +68,13 @@ __all__ = [
 class Method:
     label: str
     estimator: str  # a name in fair_trl.advantages.REGISTRY
-    role: str  # "main", "control", "variant" or "baseline"
+    role: str  # "main", "control", "variant", "baseline" or "noise"
     description: str
     config: dict[str, Any] = field(default_factory=dict)  # FairGRPOConfig fields
+    # Noise checks only: GRPO again with the seed of its completions' sampling (and of its prompt order)
+    # moved, the warm start kept; the spread of its differences to GRPO is what pairing cannot remove.
+    sampling_seed_shift: int = 0
+    order_seed_shift: int = 0
 
 
 def _method(estimator: str, role: str, description: str, label: str | None = None, **config: Any) -> Method:
@@ -112,6 +117,18 @@ METHODS: dict[str, Method] = {
         "grpo", "baseline", "every (domain, group) drawn equally often", "GRPO + Resampling", balanced_sampling=True
     ),
 }
+# GRPO against itself (`--noise_check`): how far two runs of one method differ when only chance differs.
+NOISE_SEED_SHIFT = 1000
+METHODS["grpo_resampled"] = Method(
+    "GRPO, other sampling seed", "grpo", "noise", "GRPO again: same warm start and prompt order, other completions",
+    sampling_seed_shift=NOISE_SEED_SHIFT,
+)  # fmt: skip
+METHODS["grpo_reordered"] = Method(
+    "GRPO, other sampling and order seeds", "grpo", "noise",
+    "GRPO again: same warm start, other prompt order and completions",
+    sampling_seed_shift=NOISE_SEED_SHIFT, order_seed_shift=NOISE_SEED_SHIFT,
+)  # fmt: skip
+NOISE_METHODS = tuple(name for name, m in METHODS.items() if m.role == "noise")
 # The demo's benchmark, as overrides of SyntheticConfig (a user's -b items follow, and win): chosen with
 # instrument trials (GRPO and the positive control only; see fair_trl.demo.instrument).
 # - Age only (a1 and a4, 6% and 14% of patients): the planted groups are rare, the setting of the paper;
@@ -247,7 +264,14 @@ class ExperimentSettings:
         spec = METHODS[method]
         rl = ("steps", "eval_every", "prompts_per_step", "num_generations", "learning_rate", "temperature",
               "max_completion_length")  # fmt: skip
-        key = cache_key({"rl": {k: getattr(self, k) for k in rl}, "estimator": spec.estimator, "config": spec.config})
+        key = cache_key(
+            {
+                "rl": {k: getattr(self, k) for k in rl},
+                "estimator": spec.estimator,
+                "config": spec.config,
+                "seed_shifts": [spec.sampling_seed_shift, spec.order_seed_shift],
+            }
+        )
         return Path(cache_dir) / self.warm_start_key() / "runs" / f"{method}-{key}-seed{seed}.json"
 
 
@@ -352,7 +376,10 @@ def run_one(
             report_to="none",
             fairness_logging_steps=0,
             disable_tqdm=True,
-            seed=seed,
+            # Every method of a seed draws its prompts in one order (the weighted ones coupled to it,
+            # `fair_trl.sampling.BalancedRepeatSampler`) and its first completions from one seed.
+            seed=seed + spec.sampling_seed_shift,
+            data_seed=seed + spec.order_seed_shift,
             **spec.config,
         )
         trainer = FairGRPOTrainer(
