@@ -11,10 +11,11 @@ from PIL import Image
 from fair_trl.cli import main
 from fair_trl.demo.benchmark import planted_flags, with_oracle_weights
 from fair_trl.demo.command import DemoOptions
-from fair_trl.demo.experiment import DEMO_BENCHMARK, METHODS, ExperimentSettings, run_warm_start
+from fair_trl.demo.experiment import DEMO_BENCHMARK, METHODS, NOISE_METHODS, ExperimentSettings, run_warm_start
 from fair_trl.demo.instrument import TRIAL_FIELDS, read_trials
 from fair_trl.demo.plots import PLOTS, pareto_front
-from fair_trl.demo.report import analyse, rebuild
+from fair_trl.demo.reference import reference_check
+from fair_trl.demo.report import analyse, effect_word, markdown, meets_aim, rebuild
 from fair_trl.demo.run import publish
 from fair_trl.demo.stats import paired_difference, seed_summary
 from fair_trl.groups import normalise_attribute
@@ -58,6 +59,9 @@ def test_demo_writes_report_plots_and_results(two_workers, capsys):
         assert len(entry["distinct_answers"]) == 2 and all(n >= 1 for n in entry["distinct_answers"])
     assert "vs_grpo" in results["methods"]["fair_grpo"] and "vs_grpo" not in results["methods"]["grpo"]
     assert results["gate"]["valid"] in (True, False)
+    # Tiny settings are not the reference study's: the check says so instead of comparing.
+    assert results["reference_check"]["checked"] is False
+    assert results["reference_check"]["text"].startswith("No reference check")
 
     report = (out / "report.md").read_text()
     # The gate comes first, before anything about the methods.
@@ -132,6 +136,24 @@ def test_trial_runs_grpo_and_the_control_only_and_logs_every_call(two_workers, c
             main(["demo", "--trial", *extra, "--output_dir", str(tmp / "refused")])
         assert "--trial runs exactly ['grpo', 'oracle_oversampling']" in capsys.readouterr().err
     assert len(read_trials(tmp / "trials.jsonl")) == 1
+
+
+def test_noise_check_and_fewer_variant_seeds_run_end_to_end_and_rebuild(two_workers):
+    tmp, _, _ = two_workers
+    out, noise = demo(tmp, "noise", "--noise_check")
+    assert set(noise["methods"]) == {"grpo", *NOISE_METHODS} and noise["gate"]["valid"] is None
+    assert noise["context"]["timing"]["runs_cached"] == 2  # GRPO's runs are the earlier run's
+    assert set(noise["noise_check"]) == set(NOISE_METHODS) and noise["verdict"]["words"] == {}
+    report = (out / "report.md").read_text()
+    assert "## Noise check" in report and report.rstrip().splitlines()[-1].startswith("No reference check")
+    (out / "results.json").unlink()
+    assert without_timings(rebuild(out, tmp / "trials.jsonl")) == without_timings(noise)
+    # A variant on fewer seeds than GRPO: only its own seeds are trained, and paired with GRPO's first.
+    out, fewer = demo(tmp, "fewer", "--methods", "grpo", "fair_grpo_cap", "--secondary_seeds", "1")
+    runs = json.loads((out / "runs.json").read_text())["runs"]
+    assert [(r["method"], r["seed"]) for r in runs] == [("grpo", 0), ("fair_grpo_cap", 0), ("grpo", 1)]
+    assert fewer["methods"]["fair_grpo_cap"]["vs_grpo"]["seeds"] == 1
+    assert fewer["methods"]["fair_grpo_cap"]["seeds"] == [0] and fewer["methods"]["grpo"]["seeds"] == [0, 1]
 
 
 def test_publish_copies_the_report_into_the_reference_folder(two_workers, tmp_path):
@@ -330,10 +352,11 @@ def test_pareto_front_keeps_only_undominated_points():
     assert pareto_front(points) == [4, 0, 1]
 
 
-def fake_checkpoint(step, delta_f1, f1):
-    """A checkpoint with the given ΔF1 and F1 for both attributes."""
+def fake_checkpoint(step, delta_f1, f1, pp=None):
+    """A checkpoint with the given ΔF1, F1 and PP (default: PP = ΔF1) for both attributes."""
     attribute = {
-        "acc": 0.8, "f1": f1, "EOD": 0.1, "PP": 0.1, "FPR_diff": 0.0, "delta_acc": 0.0, "delta_f1": delta_f1,
+        "acc": 0.8, "f1": f1, "EOD": 0.1, "PP": delta_f1 if pp is None else pp, "FPR_diff": 0.0, "delta_acc": 0.0,
+        "delta_f1": delta_f1,
         "sigma_acc": 0.0, "sigma_f1": 0.0, "acc_es": 0.8, "f1_es": f1,
         "group_f1": {"a1": f1 - delta_f1, "a2": f1}, "per_group_f1": {"ham10000": {"a1": f1 - delta_f1, "a2": f1}},
         "group_exact": {"a1": 0.5, "a2": 0.9},
@@ -341,9 +364,9 @@ def fake_checkpoint(step, delta_f1, f1):
     return {"step": step, "age": attribute, "sex": attribute, "exact": 0.8, "distinct_answers": 12}
 
 
-def fake_run(method, seed, delta_f1, f1, start_f1=0.40):
-    """A run from a warm start of F1 `start_f1` (ΔF1 0.15) to a final checkpoint with the given ΔF1 and F1."""
-    checkpoints = [fake_checkpoint(0, 0.15, start_f1), fake_checkpoint(10, delta_f1, f1)]
+def fake_run(method, seed, delta_f1, f1, start_f1=0.40, pp=None):
+    """A run from a warm start of F1 `start_f1` (ΔF1 0.15) to a final checkpoint with the given ΔF1, F1 and PP."""
+    checkpoints = [fake_checkpoint(0, 0.15, start_f1), fake_checkpoint(10, delta_f1, f1, pp)]
     return {"method": method, "seed": seed, "checkpoints": checkpoints, "train_reward": {}, "group_weights": []}
 
 
@@ -357,22 +380,26 @@ def test_verdict_names_a_method_that_reaches_the_aim_and_a_working_control():
     results = analyse(runs, settings)
     assert results["gate"]["valid"] is True and results["gate"]["text"].startswith("instrument valid")
     assert results["verdict"]["methods_reaching_aim"] == ["fair_grpo"]
-    assert "FairGRPO: ΔF1 -40%" in results["verdict"]["text"] and "reaches the aim" in results["verdict"]["text"]
+    assert results["verdict"]["words"] == {"fair_grpo": {"delta_f1": "reduces", "pp": "reduces"}}
+    text = results["verdict"]["text"]
+    assert "FairGRPO (4 seeds): ΔF1 -40%" in text and "PP -40%" in text and "reaches the aim" in text
+    assert "oversampling" not in text  # the control checks the instrument; it is not judged
     assert results["methods"]["fair_grpo"]["vs_grpo"]["delta_f1_relative"]["mean"] == pytest.approx(-0.4, abs=0.01)
     diff = results["per_group_difference"]["fair_grpo"]["ham10000/age=a1"]
     assert diff["mean"] == pytest.approx((0.495 - 0.12) - (0.5 - 0.2), abs=0.01)
 
 
 def test_verdict_refuses_a_reduction_bought_with_f1_or_within_noise_and_says_when_it_widens():
+    # Through `analyse`: the words per endpoint, the F1 condition and the invalid instrument's caveat.
     settings = ExperimentSettings(
         methods=("grpo", "fair_grpo", "fair_grpo_floor", "fair_grpo_nd", "oracle_oversampling"), seeds=3
     )
     runs = []
     for seed, e in enumerate([0.0, 0.1, -0.1]):
         runs.append(fake_run("grpo", seed, 0.20 + e, 0.50))
-        runs.append(fake_run("fair_grpo", seed, 0.10, 0.45))  # -50% ΔF1 but 0.05 lower F1
+        runs.append(fake_run("fair_grpo", seed, 0.10 + e, 0.45))  # -50% ΔF1 and PP every seed, but 0.05 lower F1
         runs.append(fake_run("fair_grpo_floor", seed, 0.10 - e, 0.50))  # -50% on average, interval spans 0
-        runs.append(fake_run("fair_grpo_nd", seed, 0.30 + e, 0.50))  # +0.1 every seed
+        runs.append(fake_run("fair_grpo_nd", seed, 0.30 + e, 0.50, pp=0.20 + e))  # ΔF1 +0.1 every seed, PP as GRPO
         runs.append(fake_run("oracle_oversampling", seed, 0.20 + 2 * e, 0.50))  # no cut: the gate fails
     results = analyse(runs, settings)
     assert results["verdict"]["methods_reaching_aim"] == []
@@ -380,8 +407,14 @@ def test_verdict_refuses_a_reduction_bought_with_f1_or_within_noise_and_says_whe
     text = results["verdict"]["text"]
     assert "not valid at these settings" in text and "Aim not reached by any method" in text
     assert "F1 drops by more than 0.01" in text
-    assert "FairGRPO-ND: ΔF1 +50%" in text and "widens the gap" in text
-    assert "null result" in text
+    assert "FairGRPO-ND (3 seeds): ΔF1 +50%" in text
+    # A -50% mean whose interval spans 0 and reaches past ±25% is inconclusive, never a null result.
+    assert results["verdict"]["words"] == {
+        "fair_grpo": {"delta_f1": "reduces", "pp": "reduces"},
+        "fair_grpo_floor": {"delta_f1": "inconclusive", "pp": "inconclusive"},
+        "fair_grpo_nd": {"delta_f1": "increases", "pp": "no effect"},
+    }
+    assert "null result" not in text and "paper" not in text
 
 
 def test_gate_is_invalid_when_grpo_loses_f1_against_the_warm_start():
@@ -411,6 +444,209 @@ def test_gate_without_a_control_is_not_checked():
     runs = [fake_run("grpo", s, 0.2, 0.5) for s in range(2)] + [fake_run("fair_grpo", s, 0.1, 0.5) for s in range(2)]
     results = analyse(runs, ExperimentSettings(methods=("grpo", "fair_grpo"), seeds=2))
     assert results["gate"]["valid"] is None and results["gate"]["text"].startswith("instrument not checked")
+
+
+def interval(low, high, mean=None):
+    return {"mean": (low + high) / 2 if mean is None else mean, "ci": [low, high]}
+
+
+@pytest.mark.parametrize(
+    ("ci", "relative", "word"),
+    [
+        ((-0.05, -0.001), (-0.5, -0.01), "reduces"),
+        ((-0.01, -0.001), (-0.1, -0.01), "reduces"),  # a small cut is still a cut
+        ((0.001, 0.05), (0.01, 0.5), "increases"),
+        ((-0.05, 0.0), (-0.2, 0.0), "no effect"),  # touching 0 does not exclude it
+        ((-0.02, 0.02), (-0.2, 0.2), "no effect"),
+        ((-0.02, 0.02), (-0.25, 0.2), "inconclusive"),  # an effect as large as the aim is not ruled out
+        ((-0.02, 0.02), (-0.2, 0.25), "inconclusive"),
+        ((-0.06, 0.02), (-0.6, 0.2), "inconclusive"),
+        ((math.nan, math.nan), (math.nan, math.nan), "inconclusive"),  # one seed: no interval
+    ],
+)
+def test_each_endpoints_word_follows_its_intervals(ci, relative, word):
+    assert effect_word(interval(*ci), interval(*relative), 0.25) == word
+
+
+def aim_entry(rel_delta=-0.25, rel_pp=-0.25, high_delta=-0.001, high_pp=-0.001, f1=-0.01):
+    """A method's differences to GRPO, at the aim's boundary unless told otherwise."""
+    return {
+        "vs_grpo": {
+            "delta_f1": interval(-0.1, high_delta, -0.05), "pp": interval(-0.1, high_pp, -0.05),
+            "delta_f1_relative": interval(-0.5, 0.0, rel_delta), "pp_relative": interval(-0.5, 0.0, rel_pp),
+            "f1": interval(-0.05, 0.03, f1),
+        }
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("changed", "meets"),
+    [
+        ({}, True),  # exactly 25% lower on both, F1 exactly 0.01 lower
+        ({"rel_delta": -0.249}, False),
+        ({"rel_pp": -0.249}, False),
+        ({"high_delta": 0.0}, False),  # the interval must exclude 0
+        ({"high_pp": 0.01}, False),
+        ({"f1": -0.0101}, False),
+    ],
+)
+def test_the_aim_needs_both_cuts_with_intervals_below_zero_and_at_most_a_small_f1_drop(changed, meets):
+    assert meets_aim(aim_entry(**changed)) is meets
+
+
+def test_noise_check_measures_what_pairing_removes_and_stays_out_of_the_verdict():
+    settings = ExperimentSettings(methods=("grpo", *NOISE_METHODS), seeds=4, n_bootstrap=100)
+    warm = [0.0, 0.1, -0.1, 0.05]  # what each seed's warm start adds to every method's ΔF1
+    chance = [0.01, -0.01, 0.0, 0.004]
+    runs = []
+    for seed, (w, c) in enumerate(zip(warm, chance, strict=True)):
+        runs.append(fake_run("grpo", seed, 0.2 + w, 0.5 + w))
+        runs.append(fake_run("grpo_resampled", seed, 0.2 + w + c, 0.5 + w))
+        runs.append(fake_run("grpo_reordered", seed, 0.25 + w, 0.5 + w))  # 0.05 above GRPO on every seed
+    results = analyse(runs, settings)
+    same = results["noise_check"]["grpo_resampled"]["delta_f1"]
+    assert same["paired_sd"] == pytest.approx(np.std(chance, ddof=1))
+    unpaired = [(warm[(i + 1) % 4] + chance[(i + 1) % 4]) - warm[i] for i in range(4)]
+    assert same["unpaired_sd"] == pytest.approx(np.std(unpaired, ddof=1))
+    assert same["ratio"] == pytest.approx(same["paired_sd"] / same["unpaired_sd"]) and same["ratio"] < 0.2
+    assert same["paired"]["mean"] == pytest.approx(np.mean(chance)) and same["contains_zero"] is True
+    shifted = results["noise_check"]["grpo_reordered"]
+    assert (
+        shifted["delta_f1"]["paired"]["mean"] == pytest.approx(0.05) and shifted["delta_f1"]["contains_zero"] is False
+    )
+    assert shifted["f1"]["paired_sd"] == pytest.approx(0, abs=1e-12) and shifted["f1"]["contains_zero"] is True
+    assert set(shifted) == {"label", "seeds", "delta_f1", "pp", "f1"} and shifted["seeds"] == 4
+    # GRPO against itself is not a method to judge, and there is no control to gate on.
+    assert results["verdict"]["words"] == {} and "nothing to judge" in results["verdict"]["text"]
+    assert results["gate"]["valid"] is None
+    report = markdown(results)
+    assert "## Noise check" in report and "Pairing helps where the paired sd is below the unpaired one" in report
+    assert "| GRPO, other sampling seed | ΔF1 | 4 |" in report
+
+
+def test_a_method_with_fewer_seeds_is_paired_with_grpos_first_seeds():
+    settings = ExperimentSettings(methods=("grpo", "fair_grpo", "fair_grpo_floor"), seeds=4, secondary_seeds=2)
+    assert [settings.seeds_for(m) for m in settings.methods] == [4, 4, 2]
+    runs = [fake_run("grpo", s, d, 0.5) for s, d in enumerate([0.2, 0.3, 0.9, 0.9])]
+    runs += [fake_run("fair_grpo", s, 0.2, 0.5) for s in range(4)]
+    runs += [fake_run("fair_grpo_floor", s, d, 0.5) for s, d in enumerate([0.1, 0.2])]
+    results = analyse(runs, settings)
+    vs = results["methods"]["fair_grpo_floor"]["vs_grpo"]
+    assert vs["seeds"] == 2 and vs["delta_f1"]["values"] == pytest.approx([-0.1, -0.1])
+    assert vs["delta_f1_relative"]["mean"] == pytest.approx(-0.1 / 0.25)  # GRPO's mean on the shared seeds
+    assert len(results["per_group_difference"]["fair_grpo_floor"]["ham10000/age=a1"]["values"]) == 2
+    assert results["methods"]["fair_grpo"]["vs_grpo"]["seeds"] == 4
+    assert "4 seeds (2 for variants and baselines, paired with GRPO's first 2)" in markdown(results)
+    with pytest.raises(ValueError, match=r"secondary_seeds must be in \[1, seeds=4\], got 5"):
+        ExperimentSettings(seeds=4, secondary_seeds=5)
+
+
+# Small data for command-line tests that stop before training.
+SMALL = ["--pretrain_rows", "200", "--rl_rows", "200", "--eval_rows", "240", "--min_cell_rows", "0"]
+
+
+@pytest.fixture
+def chosen(monkeypatch):
+    """The settings `fair-trl demo` would run, instead of running them."""
+    calls = []
+    monkeypatch.setattr("fair_trl.demo.command.run_demo", lambda settings, *_, **__: calls.append(settings))
+    return calls
+
+
+def test_noise_check_runs_grpo_against_itself_and_refuses_other_choices_of_methods(chosen, capsys):
+    assert main(["demo", "--noise_check", *SMALL]) == 0
+    assert chosen[-1].methods == ["grpo", "grpo_resampled", "grpo_reordered"]
+    for extra in (["--methods", "grpo", "fair_grpo"], ["--baselines"], ["--variants"], ["--full"]):
+        with pytest.raises(SystemExit):
+            main(["demo", "--noise_check", *extra, *SMALL])
+        error = capsys.readouterr().err
+        assert "--noise_check runs exactly ['grpo', 'grpo_resampled', 'grpo_reordered']" in error
+        assert f"drop {extra[0]}" in error
+    with pytest.raises(SystemExit):
+        main(["demo", "--noise_check", "--trial", *SMALL])
+    assert "--trial runs exactly ['grpo', 'oracle_oversampling']; drop --noise_check" in capsys.readouterr().err
+    assert len(chosen) == 1
+
+
+def test_full_is_the_reference_study_at_the_quick_demos_steps(chosen):
+    quick = ExperimentSettings()
+    assert main(["demo", "--full", *SMALL]) == 0
+    full = chosen[-1]
+    assert (full.steps, full.eval_every) == (quick.steps, quick.eval_every)  # the validated instrument setting
+    assert set(full.methods) == {name for name, m in METHODS.items() if m.role != "noise"}
+    for method in full.methods:
+        wanted = 20 if METHODS[method].role in ("main", "control") else 10
+        assert full.seeds_for(method) >= wanted, method
+    assert main(["demo", "--full", "--seeds", "8", *SMALL]) == 0
+    assert chosen[-1].seeds == 8 and chosen[-1].secondary_seeds == 8
+
+
+def study(settings, **differences):
+    """A results.json of the given settings, with {method: (ΔF1 difference, PP difference)} to GRPO."""
+    methods = {"grpo": {"label": "GRPO", "role": "main"}}
+    for method, (delta_f1, pp) in differences.items():
+        methods[method] = {"label": METHODS[method].label, "role": METHODS[method].role,
+                           "vs_grpo": {"delta_f1": delta_f1, "pp": pp}}  # fmt: skip
+    return {"settings": settings.to_dict(), "methods": methods}
+
+
+def write_study(path, results):
+    path.write_text(json.dumps(results))
+    return path
+
+
+def test_reference_check_says_whether_each_interval_contains_the_studys_estimate(tmp_path):
+    reference = study(
+        ExperimentSettings(seeds=20, secondary_seeds=10, workers=2),
+        fair_grpo=(interval(-0.05, -0.01, -0.03), interval(-0.04, 0.0, -0.02)),
+        fair_grpo_nd=(interval(-0.01, 0.03, 0.01), interval(-0.02, 0.02, 0.0)),
+        rloo=(interval(-0.01, 0.01), interval(-0.01, 0.01)),  # not in the quick run: no line
+    )
+    settings = reference["settings"]
+    del settings["min_cell_rows"]  # a study from before a setting existed ran at its default
+    path = write_study(tmp_path / "results.json", reference)
+    quick = study(
+        ExperimentSettings(methods=["grpo", "fair_grpo", "fair_grpo_nd", "oracle_oversampling"], workers=1,
+                           n_bootstrap=100),
+        fair_grpo=(interval(-0.06, 0.0), interval(-0.05, 0.01)),  # both contain the study's
+        fair_grpo_nd=(interval(0.02, 0.08), interval(-0.01, 0.01)),  # ΔF1 excludes the study's +0.01
+        oracle_oversampling=(interval(-0.1, 0.0), interval(-0.1, 0.0)),  # not in the study: no line
+    )  # fmt: skip
+    check = reference_check(quick, path)
+    assert check["checked"] is True and set(check["methods"]) == {"fair_grpo", "fair_grpo_nd"}
+    assert check["methods"]["fair_grpo"]["delta_f1"]["consistent"] is True
+    assert check["methods"]["fair_grpo_nd"]["delta_f1"]["consistent"] is False
+    assert check["methods"]["fair_grpo_nd"]["pp"]["consistent"] is True
+    head, first, second = check["text"].splitlines()
+    assert str(path) in head
+    assert first.startswith("- FairGRPO: ΔF1 study -0.030 in this run's [-0.060, +0.000]")
+    assert first.endswith(
+        "consistent with the reference study: this machine reproduces the study's effect within its noise."
+    )
+    assert second.startswith("- FairGRPO-ND: ΔF1 study +0.010 outside this run's [+0.020, +0.080]")
+    assert "not consistent with the reference study: either this machine's numerics differ" in second
+    assert (
+        "wrong about its ΔF1 difference (+0.010 there, [+0.020, +0.080] here)" in second
+        and "PP difference" not in second
+    )
+
+
+def test_reference_check_is_not_made_when_settings_differ_or_no_study_exists(tmp_path):
+    path = write_study(tmp_path / "results.json", study(ExperimentSettings(), fair_grpo=(interval(-0.1, 0.1),) * 2))
+    quick = study(ExperimentSettings(steps=50, seeds=2), fair_grpo=(interval(-0.1, 0.1),) * 2)
+    check = reference_check(quick, path)
+    assert check["checked"] is False and check["methods"] == {}
+    assert check["text"] == (
+        f"No reference check: this run's settings differ from the reference study's ({path}) in "
+        "steps (50 here, 100 there)."
+    )
+    missing = reference_check(quick, tmp_path / "absent.json")
+    assert missing["checked"] is False and missing["text"].startswith("No reference check: no reference study at")
+    # The report ends with the check's line.
+    runs = [fake_run(m, s, 0.2, 0.5) for s in range(2) for m in ("grpo", "fair_grpo")]
+    results = analyse(runs, ExperimentSettings(methods=("grpo", "fair_grpo"), seeds=2))
+    results["reference_check"] = reference_check(results, tmp_path / "absent.json")
+    assert markdown(results).rstrip().splitlines()[-1] == results["reference_check"]["text"]
 
 
 @pytest.mark.parametrize(

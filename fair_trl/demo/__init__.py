@@ -9,7 +9,10 @@ Data flows one way; no module here imports one that imports it back:
 - `experiment`: the methods, one warm start, one RL run, all runs over worker processes;
 - `stats`: seed-level statistics and paired differences;
 - `instrument`: the validity gate and the log of instrument trials;
+- `noise`: the noise check, GRPO against itself (what pairing by seed removes, and an A/A check);
+- `reference`: whether a run reproduces the published reference study;
 - `report` and `plots`: report.md, results.json, summary.md and the PNGs;
 - `run`: `main`, one whole demo from its settings, and `publish`;
-- `command`: `fair-trl demo`'s options and the `--full` preset, parsed into a call of `run.main`.
+- `command`: `fair-trl demo`'s options, the `--full` preset (the reference study) and `--noise_check`, parsed
+  into a call of `run.main`.
 """

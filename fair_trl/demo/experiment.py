@@ -150,6 +150,11 @@ class ExperimentSettings:
         metadata={"help": f"Methods to run, from {list(METHODS)}; must include grpo."},
     )
     seeds: int = field(default=5, metadata={"help": "Seeds per method (each: its own warm start and RL seed)."})
+    secondary_seeds: int | None = field(
+        default=None,
+        metadata={"help": "Seeds of the variants and baselines (their first seeds, paired with GRPO's); "
+                  "default: --seeds. At most --seeds."},
+    )  # fmt: skip
     steps: int = field(default=100, metadata={"help": "RL steps per run."})
     eval_every: int = field(default=50, metadata={"help": "RL steps between evaluations of the held-out set."})
     prompts_per_step: int = field(default=16, metadata={"help": "Prompts per RL step."})
@@ -201,6 +206,9 @@ class ExperimentSettings:
                      "max_completion_length", "pretrain_rows", "rl_rows", "eval_rows"):  # fmt: skip
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.secondary_seeds is not None and not 1 <= self.secondary_seeds <= self.seeds:
+            # More would train runs no GRPO run of the same seed can be paired with.
+            raise ValueError(f"secondary_seeds must be in [1, seeds={self.seeds}], got {self.secondary_seeds}")
         if self.num_generations < 2:
             raise ValueError(f"num_generations must be >= 2 (group normalisation), got {self.num_generations}")
         if not 0.0 <= self.pretrain_disadvantaged_keep <= 1.0:
@@ -211,6 +219,12 @@ class ExperimentSettings:
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         self.config()  # a bad benchmark override fails here, naming the parameter
+
+    def seeds_for(self, method: str) -> int:
+        """Seeds a method runs: `secondary_seeds` for variants and baselines, `seeds` for the rest."""
+        if self.secondary_seeds is not None and METHODS[method].role in ("variant", "baseline"):
+            return self.secondary_seeds
+        return self.seeds
 
     def to_dict(self) -> dict[str, Any]:
         return {**dataclasses.asdict(self), "methods": list(self.methods)}
@@ -471,7 +485,7 @@ def run_experiment(
 
     from tqdm.auto import tqdm
 
-    jobs = [(method, seed) for seed in range(settings.seeds) for method in settings.methods]
+    jobs = [(m, seed) for seed in range(settings.seeds) for m in settings.methods if seed < settings.seeds_for(m)]
     bar = tqdm(total=len(jobs) * settings.steps, desc="RL", unit="step", disable=not progress)
     warm: dict[int, dict[str, Any]] = {}
     results: dict[tuple[str, int], dict[str, Any]] = {}
@@ -494,7 +508,7 @@ def run_experiment(
                 if kind == "warm":
                     warm[key] = result
                     bar.set_postfix_str(f"warm start {key} {'cached' if result['cached'] else 'trained'}")
-                    for method in settings.methods:
+                    for method in (m for m, seed in jobs if seed == key):
                         saved = settings.run_path(cache_dir, method, key)
                         if saved.is_file():
                             results[(method, key)] = {**json.loads(saved.read_text()), "cached": True}

@@ -22,7 +22,7 @@ PLOTS = (
     "group_f1_difference.png",
     "train_reward.png",
 )
-ROLE_STYLE = {"main": "-", "control": ":", "variant": "--", "baseline": "-."}
+ROLE_STYLE = {"main": "-", "control": ":", "variant": "--", "baseline": "-.", "noise": "x:"}
 # The methods whose per-group dynamics the paper's RQ2 compares, with the control for scale.
 DYNAMICS_METHODS = ("grpo", "fair_grpo", "fair_grpo_nd", "oracle_oversampling")
 
@@ -69,7 +69,7 @@ def plot_curves(curves: dict[str, dict[str, np.ndarray]], path: Path) -> None:
     for ax, (metric, title) in zip(axes, panels, strict=True):
         for method, c in curves.items():
             mean, std = c[metric].mean(axis=0), c[metric].std(axis=0)
-            (line,) = ax.plot(c["step"], mean, ROLE_STYLE[METHODS[method].role], label=METHODS[method].label)
+            (line,) = ax.plot(c["step"], mean, ROLE_STYLE.get(METHODS[method].role, "-"), label=METHODS[method].label)
             ax.fill_between(c["step"], mean - std, mean + std, color=line.get_color(), alpha=0.12)
         ax.set_title(title)
         ax.set_xlabel("RL step (0 = warm start)")

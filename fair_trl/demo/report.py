@@ -17,6 +17,8 @@ from fair_trl.demo.benchmark import MIN_VISIBLE_ROWS, ORACLE_RULE, VISIBILITY_RU
 from fair_trl.demo.evaluation import ATTRIBUTES
 from fair_trl.demo.experiment import METHODS, ExperimentSettings
 from fair_trl.demo.instrument import gate, read_trials
+from fair_trl.demo.noise import noise_check, noise_section
+from fair_trl.demo.reference import REFERENCE_RESULTS, reference_check
 from fair_trl.demo.stats import (
     HEADLINE_METRICS,
     checkpoint_metrics,
@@ -26,12 +28,17 @@ from fair_trl.demo.stats import (
     seed_summary,
 )
 
-__all__ = ["AIM", "analyse", "markdown", "rebuild", "summary_markdown", "write_report"]
+__all__ = ["AIM", "ENDPOINTS", "analyse", "effect_word", "markdown", "meets_aim", "rebuild", "summary_markdown",
+           "write_report"]  # fmt: skip
 
-# The target a method is judged by: Delta F1 at least 30% below GRPO's, mean F1 at most 0.01 lower,
-# and an interval on the Delta F1 difference that excludes zero.
-AIM = {"delta_f1_reduction": 0.30, "max_f1_drop": 0.01}
+# The target a method is judged by: Delta F1 and PP each at least 25% below GRPO's (the paired difference
+# relative to GRPO's mean), each with a 95% interval on the paired difference below 0, and mean F1 at most
+# 0.01 lower.
+AIM = {"delta_f1_reduction": 0.25, "pp_reduction": 0.25, "max_f1_drop": 0.01}
+ENDPOINTS = {"delta_f1": "ΔF1", "pp": "PP"}  # what the aim judges, with their names in the text
 SUMMARY_METRICS = (*HEADLINE_METRICS, "exact")
+# Roles the verdict leaves out: the control checks the instrument, the noise arms are GRPO itself.
+NOT_JUDGED = ("control", "noise")
 
 
 def _by_method(runs: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
@@ -55,13 +62,14 @@ def analyse(
     instrument trial log as read when the report is written.
     """
     grouped = _by_method(runs)
-    finals = {m: [final_metrics(r) for r in rs] for m, rs in grouped.items()}
+    # {method: {seed: metrics}}: methods may run different numbers of seeds, and pair on the ones they share.
+    finals = {m: {r["seed"]: final_metrics(r) for r in rs} for m, rs in grouped.items()}
     reference = finals["grpo"]
     methods: dict[str, Any] = {}
-    for method, values in finals.items():
-        entry: dict[str, Any] = {
-            name: seed_summary([v[name] for v in values], settings.n_bootstrap) for name in SUMMARY_METRICS
-        }
+    for method, by_seed in finals.items():
+        values = list(by_seed.values())
+        entry: dict[str, Any] = {"seeds": list(by_seed)}
+        entry |= {name: seed_summary([v[name] for v in values], settings.n_bootstrap) for name in SUMMARY_METRICS}
         entry["label"] = METHODS[method].label
         entry["role"] = METHODS[method].role
         entry["by_attribute"] = {
@@ -80,7 +88,7 @@ def analyse(
             name: paired_difference([v[name] for v in values], [s[name] for s in starts]) for name in SUMMARY_METRICS
         }
         if method != "grpo":
-            entry["vs_grpo"] = _versus(values, reference)
+            entry["vs_grpo"] = _versus(by_seed, reference)
         methods[method] = entry
     context = dict(context or {})
     if context.get("timing"):
@@ -97,17 +105,27 @@ def analyse(
     results["control_rule"] = ORACLE_RULE  # as the report describes it, even after the code's rule changes
     results["gate"] = gate(results)
     results["verdict"] = _verdict(methods, results["gate"])
+    arms = {m: METHODS[m].label for m in grouped if METHODS[m].role == "noise"}
+    if arms:
+        results["noise_check"] = noise_check(finals, arms)
     return results
 
 
-def _versus(values: list[dict[str, float]], reference: list[dict[str, float]]) -> dict[str, Any]:
-    out = {name: paired_difference([v[name] for v in values], [r[name] for r in reference]) for name in SUMMARY_METRICS}
-    base = float(np.mean([r["delta_f1"] for r in reference]))
-    diff = out["delta_f1"]
-    out["delta_f1_relative"] = {
-        "mean": diff["mean"] / base if base > 0 else float("nan"),
-        "ci": [c / base if base > 0 else float("nan") for c in diff["ci"]],
+def _versus(values: dict[int, dict[str, float]], reference: dict[int, dict[str, float]]) -> dict[str, Any]:
+    """Paired differences to GRPO over the seeds both ran, and ΔF1's and PP's change relative to GRPO's mean."""
+    seeds = sorted(set(values) & set(reference))
+    ours, theirs = [values[s] for s in seeds], [reference[s] for s in seeds]
+    out: dict[str, Any] = {
+        name: paired_difference([v[name] for v in ours], [r[name] for r in theirs]) for name in SUMMARY_METRICS
     }
+    out["seeds"] = len(seeds)
+    for name in ENDPOINTS:
+        base = float(np.mean([r[name] for r in theirs]))
+        diff = out[name]
+        out[f"{name}_relative"] = {
+            "mean": diff["mean"] / base if base > 0 else float("nan"),
+            "ci": [c / base if base > 0 else float("nan") for c in diff["ci"]],
+        }
     return out
 
 
@@ -125,6 +143,9 @@ def _group_values(runs: list[dict[str, Any]], key: str) -> dict[str, dict[str, A
 def _per_group_difference(runs: list[dict[str, Any]], reference: list[dict[str, Any]]) -> dict[str, Any]:
     """Paired F1 difference to GRPO of every (dataset, attribute, group) cell (the paper's Fig. 3)."""
     cells: dict[str, Any] = {}
+    seeds = {r["seed"] for r in runs} & {r["seed"] for r in reference}
+    runs = [r for r in runs if r["seed"] in seeds]
+    reference = [r for r in reference if r["seed"] in seeds]
     for attribute in ATTRIBUTES:
         final = [r["checkpoints"][-1][attribute]["per_group_f1"] for r in runs]
         base = [r["checkpoints"][-1][attribute]["per_group_f1"] for r in reference]
@@ -136,48 +157,77 @@ def _per_group_difference(runs: list[dict[str, Any]], reference: list[dict[str, 
     return cells
 
 
+def effect_word(diff: dict[str, Any], relative: dict[str, Any], aim: float) -> str:
+    """What the intervals say about one endpoint: "reduces", "increases", "no effect" or "inconclusive".
+
+    `diff`: the paired difference to GRPO; `relative`: the same relative to GRPO's mean; `aim`: the
+    relative reduction the aim asks for. "no effect" only when the relative interval rules out changes
+    as large as the aim either way; an interval that spans 0 and reaches that far says nothing.
+    """
+    low, high = diff["ci"]
+    if high < 0:
+        return "reduces"
+    if low > 0:
+        return "increases"
+    rel_low, rel_high = relative["ci"]
+    if -aim < rel_low and rel_high < aim:
+        return "no effect"
+    return "inconclusive"  # also when an interval is undefined (one seed, or GRPO's mean is 0)
+
+
 def meets_aim(entry: dict[str, Any]) -> bool:
     vs = entry["vs_grpo"]
-    return bool(
-        vs["delta_f1_relative"]["mean"] <= -AIM["delta_f1_reduction"]
-        and vs["f1"]["mean"] >= -AIM["max_f1_drop"]
-        and vs["delta_f1"]["ci"][1] < 0
+    cuts = all(
+        vs[f"{name}_relative"]["mean"] <= -AIM[f"{name}_reduction"] and vs[name]["ci"][1] < 0 for name in ENDPOINTS
     )
+    return bool(cuts and vs["f1"]["mean"] >= -AIM["max_f1_drop"])
+
+
+AIM_TEXT = (
+    "Aim: ΔF1 and PP each at least 25% below GRPO's (the paired difference relative to GRPO's mean), each with a "
+    "95% interval on the paired difference below 0, and F1 at most 0.01 lower. Per endpoint, *reduces* / "
+    "*increases*: the interval on the paired difference excludes 0 below / above; *no effect*: the interval on the "
+    "relative change lies within ±25%, so it rules out an effect as large as the aim; *inconclusive*: neither, "
+    "these seeds cannot tell an effect of the aim's size from none."
+)
 
 
 def _verdict(methods: dict[str, Any], instrument: dict[str, Any]) -> dict[str, Any]:
-    """Per method against the aim, in plain words."""
+    """Per method (the control and the noise arms aside) and endpoint, what the intervals say, in plain words."""
     lines = []
     reaching = []
+    words: dict[str, dict[str, str]] = {}
     for name, entry in methods.items():
-        if name == "grpo" or entry["role"] == "control":
+        if name == "grpo" or entry["role"] in NOT_JUDGED:
             continue
         vs = entry["vs_grpo"]
-        rel, f1 = vs["delta_f1_relative"], vs["f1"]
+        words[name] = {
+            e: effect_word(vs[e], vs[f"{e}_relative"], AIM[f"{e}_reduction"]) for e in ENDPOINTS
+        }  # fmt: skip
         if meets_aim(entry):
             reaching.append(name)
-            outcome = "reaches the aim"
-        elif vs["delta_f1"]["ci"][0] > 0:
-            outcome = "widens the gap (interval above 0): a negative result"
-        elif vs["delta_f1"]["ci"][1] < 0:
-            outcome = "narrows the gap (interval below 0) but misses the aim"
-        else:
-            outcome = "no detectable change in the gap (interval spans 0): a null result"
-        lines.append(
-            f"{entry['label']}: ΔF1 {_relative(rel)} vs GRPO, F1 {_diff(f1)}: {outcome}."
-            + ("" if f1["mean"] >= -AIM["max_f1_drop"] else " F1 drops by more than 0.01.")
+        endpoints = "; ".join(
+            f"{title} {_relative(vs[f'{e}_relative'], title)}: {words[name][e]}" for e, title in ENDPOINTS.items()
         )
-    head = (
-        "Aim: ΔF1 at least 30% below GRPO's, F1 at most 0.01 lower, and an interval on the ΔF1 difference "
-        "that excludes 0."
-    )
+        lines.append(
+            f"{entry['label']} ({vs['seeds']} seeds): {endpoints}; F1 {_diff(vs['f1'])}: "
+            + ("reaches the aim." if name in reaching else "misses the aim.")
+            + ("" if vs["f1"]["mean"] >= -AIM["max_f1_drop"] else " F1 drops by more than 0.01.")
+        )
+    head = AIM_TEXT
     if not instrument["valid"]:
         head += " The instrument is not valid at these settings, so none of this is evidence about the methods."
     if reaching:
         tail = "Aim reached by: " + ", ".join(methods[m]["label"] for m in reaching) + "."
-    else:
+    elif lines:
         tail = "Aim not reached by any method."
-    return {"methods_reaching_aim": reaching, "text": "\n".join([head, *(f"- {line}" for line in lines), tail])}
+    else:
+        tail = "No method besides GRPO, the control and the noise arms was run, so there is nothing to judge."
+    return {
+        "methods_reaching_aim": reaching,
+        "words": words,
+        "text": "\n".join([head, *(f"- {line}" for line in lines), tail]),
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -194,9 +244,9 @@ def _diff(d: dict[str, Any]) -> str:
     return f"{d['mean']:+.3f} [{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}]{star}"
 
 
-def _relative(rel: dict[str, Any]) -> str:
+def _relative(rel: dict[str, Any], metric: str = "ΔF1") -> str:
     if not np.isfinite(rel["mean"]):
-        return "n/a (GRPO's ΔF1 is 0)"
+        return f"n/a (GRPO's {metric} is 0)"
     return f"{rel['mean']:+.0%} [{rel['ci'][0]:+.0%}, {rel['ci'][1]:+.0%}]"
 
 
@@ -278,7 +328,7 @@ def markdown(results: dict[str, Any]) -> str:
     lines = [results["gate"]["text"], "", "# GRPO vs FairGRPO on the synthetic clinical benchmark", ""]
     lines += [
         f"Reproduce: `{_command(settings)}` (`make demo` runs the defaults). Benchmark overrides: "
-        f"{_overrides(settings)}. {len(settings['methods'])} methods x {settings['seeds']} seeds; per seed a warm "
+        f"{_overrides(settings)}. {len(settings['methods'])} methods x {_seeds_text(settings)}; per seed a warm "
         f"start of {settings['sft_steps']} SFT steps (batch {settings['sft_batch_size']}, lr "
         f"{settings['sft_learning_rate']}) shared by every method, then {settings['steps']} RL steps of "
         f"{settings['prompts_per_step']} prompts x {settings['num_generations']} completions (lr "
@@ -317,9 +367,16 @@ def markdown(results: dict[str, Any]) -> str:
         if "vs_grpo" not in e:
             continue
         vs = e["vs_grpo"]
-        rows.append([e["label"], e["role"], _diff(vs["delta_f1"]), _relative(vs["delta_f1_relative"]),
-                     *(_diff(vs[k]) for k in ("f1", "exact", "eod", "pp"))])  # fmt: skip
-    lines += _table(["method", "role", "ΔF1 diff", "ΔF1 change", "F1 diff", "exact diff", "EOD diff", "PP diff"], rows)
+        rows.append([e["label"], e["role"], str(vs.get("seeds", len(vs["f1"]["values"]))), _diff(vs["delta_f1"]),
+                     _relative(vs["delta_f1_relative"]), _diff(vs["pp"]), _relative(vs["pp_relative"], "PP"),
+                     *(_diff(vs[k]) for k in ("f1", "exact", "eod"))])  # fmt: skip
+    lines += _table(
+        ["method", "role", "seeds", "ΔF1 diff", "ΔF1 change", "PP diff", "PP change", "F1 diff", "exact diff",
+         "EOD diff"],
+        rows,
+    )  # fmt: skip
+    if "noise_check" in results:
+        lines += ["", "## Noise check", "", *noise_section(results["noise_check"])]
     variants = [m for m in methods if METHODS[m].role in ("variant", "baseline")]
     if variants:
         lines += ["", "Variants and baselines:", ""]
@@ -356,7 +413,7 @@ def markdown(results: dict[str, Any]) -> str:
         "",
     ]
     lines += _table(
-        ["method", *(f"seed {s}" for s in range(settings["seeds"]))],
+        ["method", *(f"seed {s}" for s in range(max(len(e["distinct_answers"]) for e in methods.values())))],
         [[e["label"], *map(str, e["distinct_answers"])] for e in methods.values()],
     )
     lines += [
@@ -378,7 +435,17 @@ def markdown(results: dict[str, Any]) -> str:
         "![training reward](train_reward.png)",
         "",
     ]
+    check = results.get("reference_check")
+    if check:
+        lines += ["## Reference check", "", *check["text"].splitlines(), ""]
     return "\n".join(lines)
+
+
+def _seeds_text(settings: dict[str, Any]) -> str:
+    secondary = settings.get("secondary_seeds")
+    if secondary is None or secondary == settings["seeds"]:
+        return f"{settings['seeds']} seeds"
+    return f"{settings['seeds']} seeds ({secondary} for variants and baselines, paired with GRPO's first {secondary})"
 
 
 def _timing_text(timing: dict[str, Any]) -> str:
@@ -488,17 +555,18 @@ def summary_markdown(results: dict[str, Any]) -> str:
                 f"{e['exact']['mean']:.3f} ± {e['exact']['std']:.3f}",
                 _diff(vs["delta_f1"]) if vs else "-",
                 _relative(vs["delta_f1_relative"]) if vs else "-",
+                _relative(vs["pp_relative"], "PP") if vs else "-",
                 _diff(vs["f1"]) if vs else "-",
             ]
         )
     lines = [
         results["gate"]["text"],
         "",
-        f"{settings['seeds']} seeds x {settings['steps']} RL steps per method after a shared {settings['sft_steps']}-"
+        f"{_seeds_text(settings)} x {settings['steps']} RL steps per method after a shared {settings['sft_steps']}-"
         f"step warm start; benchmark overrides: {_overrides(settings)}. Mean ± std over seeds at the final "
         "checkpoint; changes are paired by seed against GRPO with 95% t intervals (* = excludes 0).",
         "",
-        *_table(["method", "F1", "ΔF1", "exact", "ΔF1 vs GRPO", "ΔF1 change", "F1 vs GRPO"], rows),
+        *_table(["method", "F1", "ΔF1", "exact", "ΔF1 vs GRPO", "ΔF1 change", "PP change", "F1 vs GRPO"], rows),
         "",
         *results["verdict"]["text"].splitlines(),
     ]
@@ -514,13 +582,19 @@ def write_report(
     output_dir: str | Path,
     context: dict[str, Any] | None = None,
     trial_log: str | Path | None = None,
+    reference: str | Path | None = REFERENCE_RESULTS,
 ) -> dict[str, Any]:
+    """Analyse the runs and write results.json, report.md, summary.md and the plots to `output_dir`.
+
+    `reference`: the reference study's results.json this run is checked against (None: no check).
+    """
     from fair_trl.demo.plots import write_plots
 
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     trials = read_trials(trial_log) if trial_log is not None else []
     results = analyse(runs, settings, context, trials)
+    results["reference_check"] = reference_check(results, reference)
     (output_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     (output_dir / "report.md").write_text(markdown(results))
     (output_dir / "summary.md").write_text(summary_markdown(results))
@@ -528,8 +602,10 @@ def write_report(
     return results
 
 
-def rebuild(output_dir: str | Path, trial_log: str | Path | None = None) -> dict[str, Any]:
+def rebuild(
+    output_dir: str | Path, trial_log: str | Path | None = None, reference: str | Path | None = REFERENCE_RESULTS
+) -> dict[str, Any]:
     """Rewrite the report and plots from the runs.json of an earlier demo."""
     saved = json.loads((Path(output_dir) / "runs.json").read_text())
     settings = ExperimentSettings(**saved["settings"])
-    return write_report(saved["runs"], settings, output_dir, saved.get("context"), trial_log)
+    return write_report(saved["runs"], settings, output_dir, saved.get("context"), trial_log, reference)

@@ -5,7 +5,8 @@ seeds, evaluates each checkpoint with the fairness suite, and writes ``report.md
 ``summary.md``, ``runs.json`` and the PNG plots (`fair_trl.demo.report`) to an untracked folder
 (``outputs/demo`` by default). The reference report the README quotes lives in ``reports/demo/`` and is
 refreshed with `publish`. With ``trial=True`` only GRPO and the positive control run, and the result is
-appended to the instrument trial log (`fair_trl.demo.instrument`).
+appended to the instrument trial log (`fair_trl.demo.instrument`). The report, and what `main` prints
+last, says whether the run reproduces the reference study (`fair_trl.demo.reference`).
 """
 
 from __future__ import annotations
@@ -21,9 +22,10 @@ from typing import Any
 
 import numpy as np
 
+from fair_trl.demo.reference import REFERENCE_DIR, REFERENCE_RESULTS
+
 DEFAULT_OUTPUT_DIR = Path("outputs/demo")
 DEFAULT_CACHE_DIR = Path("outputs/demo-cache")
-REFERENCE_DIR = Path("reports/demo")
 # What `publish` copies into the reference folder; runs.json (raw curves, large) stays behind.
 PUBLISHED = ("report.md", "results.json", "summary.md")
 
@@ -85,8 +87,12 @@ def main(
     trial_log: str | Path | None = None,
     trial: bool = False,
     progress: bool = True,
+    reference: str | Path | None = REFERENCE_RESULTS,
 ) -> dict:
-    """Run the experiment and write the report; returns results.json's content."""
+    """Run the experiment and write the report; returns results.json's content.
+
+    `reference`: the reference study's results.json the run is checked against (`fair_trl.demo.reference`).
+    """
     from fair_trl.demo.experiment import ExperimentSettings, run_experiment
     from fair_trl.demo.instrument import TRIAL_LOG, TRIAL_METHODS, append_trial, trial_record
     from fair_trl.demo.report import write_report
@@ -126,11 +132,12 @@ def main(
 
         benchmark = dataclasses.asdict(settings.config())
         append_trial(trial_record(analyse(runs, settings, facts), seconds, cpu_seconds, benchmark), trial_log)
-    results = write_report(runs, settings, output_dir, facts, trial_log)
+    results = write_report(runs, settings, output_dir, facts, trial_log, reference)
     print(f"\nwrote {output_dir}/report.md, results.json, summary.md, runs.json and plots ({seconds / 60:.1f} min)")
     print(results["gate"]["text"])
     if not trial:
         print(results["verdict"]["text"])
+    print(results["reference_check"]["text"])
     return results
 
 
