@@ -14,6 +14,7 @@ from typing import Any
 from fair_trl.advantages import EstimatorSpec
 from fair_trl.model_card import (
     BALANCED_SAMPLER,
+    GUIDED_SAMPLER,
     WEIGHTED_SAMPLER_PREFIX,
     ModelCardRecord,
     adapter_settings,
@@ -88,6 +89,8 @@ class TrainingCard:
 
 
 def _sampler_of(args: Any) -> str | None:
+    if getattr(args, "guided_sampling", False):
+        return GUIDED_SAMPLER
     if args.balanced_sampling:
         return BALANCED_SAMPLER
     if args.sampling_weight_column:

@@ -8,8 +8,9 @@ it to ``checkpoint-N`` once every process has written its part, so the folders t
 and possibly a ``.partial-*`` folder, which the next save removes.
 
 Besides transformers' files each checkpoint holds the trainer's states (the group keyer's counts, the
-estimator's running statistics) and the group settings they were computed under; a resume under other
-settings would mix two sets of group keys in one set of statistics, so it is refused naming each difference.
+estimator's running statistics, guided sampling's weights) and the group settings they were computed under;
+a resume under other settings would mix two sets of group keys in one set of statistics, so it is refused
+naming each difference.
 `CheckpointState` says which states those are at each save and puts them back on a resume.
 """
 
@@ -32,6 +33,7 @@ __all__ = [
     "ESTIMATOR_STATE_FILE",
     "GROUP_KEYER_STATE_FILE",
     "GROUP_SETTINGS_FILE",
+    "GUIDED_SAMPLING_STATE_FILE",
     "CheckpointFiles",
     "CheckpointState",
     "group_settings",
@@ -44,6 +46,7 @@ logger = logging.getLogger(__name__)
 ESTIMATOR_STATE_FILE = "fair_grpo_state.json"
 GROUP_KEYER_STATE_FILE = "group_keyer_state.json"
 GROUP_SETTINGS_FILE = "fair_grpo_group_settings.json"
+GUIDED_SAMPLING_STATE_FILE = "guided_sampling_state.json"
 TRAINER_STATE_FILE = "trainer_state.json"  # transformers writes it after the weights, optimizer and RNG states
 STAGING_PREFIX = ".partial-"
 _CHECKPOINT = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
@@ -208,7 +211,8 @@ class CheckpointFiles:
 
 
 class CheckpointState:
-    """The trainer's states a checkpoint holds: the group keyer's counts and a stateful estimator's statistics.
+    """The trainer's states a checkpoint holds: the group keyer's counts, a stateful estimator's statistics and
+    guided sampling's state (`guided`, None when off).
 
     `generation_cycle`: the micro-batches one generation batch serves (``steps_per_generation * num_iterations``).
     Checkpoints fall on optimizer steps, so unless `gradient_accumulation_steps` is a whole number of generation
@@ -217,9 +221,12 @@ class CheckpointState:
     states from before the batch.
     """
 
-    def __init__(self, keyer: Any, estimator: Any, generation_cycle: int, gradient_accumulation_steps: int):
+    def __init__(
+        self, keyer: Any, estimator: Any, generation_cycle: int, gradient_accumulation_steps: int, guided: Any = None
+    ):
         self.keyer = keyer
         self.estimator = estimator
+        self.guided = guided
         self.generation_cycle = generation_cycle
         self.can_split_generation_batches = gradient_accumulation_steps % generation_cycle != 0
         self._generation_start: dict[str, Any] | None = None
@@ -229,6 +236,8 @@ class CheckpointState:
         states = {GROUP_KEYER_STATE_FILE: self.keyer.state_dict()}
         if isinstance(self.estimator, Stateful):
             states[ESTIMATOR_STATE_FILE] = self.estimator.state_dict()
+        if self.guided is not None:
+            states[GUIDED_SAMPLING_STATE_FILE] = self.guided.state_dict()
         return states
 
     def generation_begins(self) -> None:
@@ -244,23 +253,31 @@ class CheckpointState:
         return self.states()
 
     def restore(self, checkpoint: str, num_processes: int) -> None:
-        """Load the states `checkpoint` holds (every process must call it); warn when the estimator's is missing."""
-        states = CheckpointFiles.read_states(checkpoint, (GROUP_KEYER_STATE_FILE, ESTIMATOR_STATE_FILE))
+        """Load the states `checkpoint` holds (every process must call it); warn when one the run needs is missing."""
+        names = (GROUP_KEYER_STATE_FILE, ESTIMATOR_STATE_FILE, GUIDED_SAMPLING_STATE_FILE)
+        states = CheckpointFiles.read_states(checkpoint, names)
         if num_processes > 1:
             # Only the saving process wrote these (one per node with save_on_each_node). Without a filesystem
             # shared by all nodes the others would find none and resume from fresh statistics, computing other
             # advantages than process 0: process 0's copy is the run's.
             broadcast_object_list(states, from_process=0)
-        keyer_state, estimator_state = states
+        keyer_state, estimator_state, guided_state = states
         if keyer_state is not None:
             self.keyer.load_state_dict(keyer_state)
-        if not isinstance(self.estimator, Stateful):
-            return
-        if estimator_state is None:
-            logger.warning(
-                "%s has no %s: the advantage estimator's running statistics start afresh from this resume",
+        if isinstance(self.estimator, Stateful):
+            _load(
+                self.estimator,
+                estimator_state,
                 checkpoint,
                 ESTIMATOR_STATE_FILE,
+                "the advantage estimator's running statistics",
             )
-            return
-        self.estimator.load_state_dict(estimator_state)
+        if self.guided is not None:
+            _load(self.guided, guided_state, checkpoint, GUIDED_SAMPLING_STATE_FILE, "guided sampling's weights")
+
+
+def _load(owner: Any, state: Any, checkpoint: str, name: str, what: str) -> None:
+    if state is None:
+        logger.warning("%s has no %s: %s start afresh from this resume", checkpoint, name, what)
+        return
+    owner.load_state_dict(state)

@@ -94,6 +94,11 @@ class FairGRPOConfig(GRPOConfig):
         sampling_weight_column (`str` or `None`, defaults to `None`):
             Dataset column of non-negative weights: draw prompts with probability proportional to it, with
             replacement (e.g. to oversample chosen groups). Excludes balanced_sampling.
+        guided_sampling (`bool`, defaults to `False`):
+            Beyond the paper: draw each generation batch's prompts with replacement, with probability proportional
+            to the FairGRPO weight 1 / (T_domain * T_group) of the row's (domain, demographic group), from the
+            running statistics of the rewards so far (the fair_* fields apply). Works with any
+            advantage_estimator; excludes balanced_sampling and sampling_weight_column.
 
         > Parameters that control the fairness log
 
@@ -251,6 +256,15 @@ class FairGRPOConfig(GRPOConfig):
             "replacement (e.g. to oversample chosen groups). Excludes balanced_sampling."
         },
     )
+    guided_sampling: bool = field(
+        default=False,
+        metadata={
+            "help": "Beyond the paper: draw each generation batch's prompts with replacement, with probability "
+            "proportional to the FairGRPO weight 1 / (T_domain * T_group) of the row's (domain, demographic group), "
+            "from the running statistics of the rewards so far (the fair_* fields apply). Works with any "
+            "advantage_estimator; excludes balanced_sampling and sampling_weight_column."
+        },
+    )
 
     # Parameters that control the fairness log
     fairness_logging_steps: int = field(
@@ -289,6 +303,16 @@ class FairGRPOConfig(GRPOConfig):
             raise ValueError(f"fair_stats_window must be >= 1 (or None), got {self.fair_stats_window}")
         if self.balanced_sampling and self.sampling_weight_column:
             raise ValueError("balanced_sampling and sampling_weight_column both choose the sampler; set only one")
+        if self.guided_sampling and (self.balanced_sampling or self.sampling_weight_column):
+            other = (
+                "balanced_sampling=True"
+                if self.balanced_sampling
+                else f"sampling_weight_column={self.sampling_weight_column!r}"
+            )
+            raise ValueError(
+                f"guided_sampling=True and {other} both choose the sampler; set only one (guided_sampling draws by "
+                "FairGRPO's weights of the moment)"
+            )
         if self.fairness_logging_steps < 0:
             raise ValueError(f"fairness_logging_steps must be >= 0, got {self.fairness_logging_steps}")
         self.age_bins = [float(b) for b in self.age_bins]

@@ -52,6 +52,7 @@ CARD_FIELDS = (
     "advantage_estimator",
     "balanced_sampling",
     "sampling_weight_column",
+    "guided_sampling",
     "learning_rate",
     "lr_scheduler_type",
     "weight_decay",
@@ -82,6 +83,7 @@ RESAMPLING = ("GRPO + Resampling", "GRPO on prompts resampled so every (domain, 
 # Sampler names (`ModelCardRecord.sampler`).
 BALANCED_SAMPLER = "balanced"
 WEIGHTED_SAMPLER_PREFIX = "weighted:"
+GUIDED_SAMPLER = "fair_grpo_guided"
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
@@ -110,6 +112,9 @@ def method_name(
         column = sampler[len(WEIGHTED_SAMPLER_PREFIX) :]
         display += " + weighted sampling"
         description += f"; prompts drawn in proportion to the `{column}` column"
+    elif sampler == GUIDED_SAMPLER:
+        display += " + FairGRPO-guided sampling"
+        description += "; prompts drawn in proportion to FairGRPO's weight of their (domain, demographic group)"
     if variants:
         settings = ", ".join(f"{name}={_fmt_value(value)}" for name, value in variants.items())
         display += f" (variant: {settings})"
@@ -435,7 +440,7 @@ def card_hyperparameters(args: Any) -> dict[str, Any]:
             continue
         if name == "max_steps" and args.max_steps <= 0:
             continue
-        if name in ("balanced_sampling", "sampling_weight_column") and not getattr(args, name):
+        if name in ("balanced_sampling", "sampling_weight_column", "guided_sampling") and not getattr(args, name):
             continue
         if name.startswith("vllm_") and not getattr(args, "use_vllm", False):
             continue

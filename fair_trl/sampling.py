@@ -9,7 +9,8 @@ processes draw the same indices from the same seed.
 Both samplers here know their epoch (`set_epoch`): epoch e's order is the (e + 1)-th draw from the
 seed, exactly what an unbroken run draws, so a run resumed in a later epoch sees the same prompts as
 the run it continues. TRL's `RepeatSampler` draws from a generator that only a whole run advances.
-`train_sampler` builds the one a config asks for.
+`GuidedRepeatSampler` draws each generation batch by FairGRPO's weights of the moment
+(`fair_trl.guided_sampling`). `train_sampler` builds the one a config asks for.
 """
 
 from __future__ import annotations
@@ -29,9 +30,11 @@ from fair_trl.groups import GroupKeyer, domain_key
 __all__ = [
     "BalancedRepeatSampler",
     "EpochRepeatSampler",
+    "GuidedRepeatSampler",
     "balanced_weights",
     "check_sampling",
     "column_weights",
+    "row_cells",
     "train_sampler",
 ]
 
@@ -138,12 +141,65 @@ class BalancedRepeatSampler(EpochRepeatSampler):
                         yield index
 
 
+class GuidedRepeatSampler(EpochRepeatSampler):
+    """TRL's `RepeatSampler` layout, each generation batch's prompts drawn by the weights of the moment.
+
+    `guided` (`fair_trl.guided_sampling.GuidedSampling`) gives generation batch j's weight of each
+    (domain, group) cell, or None before any statistics: the batch is then TRL's order of the seed.
+    Otherwise its prompts are drawn with replacement, each row with probability proportional to its
+    cell's weight, by a generator seeded from (seed, j): a draw depends on the batch, not on the draws
+    before it, so a resumed run draws what the unbroken run did. j counts the run's generation batches
+    across epochs. `cells`: each row's (domain, group).
+    """
+
+    def __init__(self, guided: Any, cells: Sequence[tuple[str, str | None]], **kwargs):
+        super().__init__(**kwargs)
+        if len(cells) != self.num_samples:
+            raise ValueError(f"cells has {len(cells)} entries for a dataset of {self.num_samples} rows")
+        self.guided = guided
+        self.distinct_cells: list[tuple[str, str | None]] = list(dict.fromkeys(cells))
+        position = {cell: i for i, cell in enumerate(self.distinct_cells)}
+        self.cell_of_row = np.array([position[cell] for cell in cells], dtype=np.intp)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        super().set_epoch(epoch)
+        self.epoch = epoch
+
+    def __iter__(self):
+        order = self._draw() if self.shuffle else list(range(self.num_samples))
+        epoch, self.epoch = self.epoch, self.epoch + 1  # a run that never sets the epoch still counts them
+        per_epoch = self.num_samples // self.batch_size
+        for i in range(per_epoch):
+            chunk = self.draw_batch(epoch * per_epoch + i, order[i * self.batch_size : (i + 1) * self.batch_size])
+            for _ in range(self.repeat_count):
+                for index in chunk:
+                    for _ in range(self.mini_repeat_count):
+                        yield index
+
+    def draw_batch(self, batch: int, trl_order: list[int]) -> list[int]:
+        """Generation batch `batch`'s prompts: drawn by the weights `guided` has for it now, else `trl_order`."""
+        weights = self.guided.weights_for(batch, self.distinct_cells)
+        if weights is None:
+            return trl_order
+        p = weights[self.cell_of_row]
+        rng = np.random.default_rng(None if self.seed is None else [self.seed, batch])
+        return rng.choice(self.num_samples, size=self.batch_size, replace=True, p=p / p.sum()).tolist()
+
+
 def train_sampler(
-    dataset: Any, config: Any, num_generations: int, num_iterations: int, shuffle: bool, keyer: GroupKeyer
+    dataset: Any,
+    config: Any,
+    num_generations: int,
+    num_iterations: int,
+    shuffle: bool,
+    keyer: GroupKeyer,
+    guided: Any = None,
 ) -> EpochRepeatSampler:
     """The train sampler `config` (a `FairGRPOConfig`) asks for, in TRL's `RepeatSampler` layout.
 
-    Balanced by (domain, group) cell (`keyer` keys the rows), weighted by `sampling_weight_column`, or else
+    Guided by FairGRPO's weights (`guided`: the trainer's `GuidedSampling`), balanced by (domain, group) cell
+    (`keyer` keys the rows), weighted by `sampling_weight_column`, or else
     TRL's own sampler as TRL builds it (`shuffle`: TRL's `shuffle_dataset`), but one that can be put at any
     epoch's order.
     """
@@ -156,33 +212,43 @@ def train_sampler(
         # keep its prompt order and change only its sampling of completions.
         "seed": config.seed if config.data_seed is None else config.data_seed,
     }
+    if config.guided_sampling:
+        return GuidedRepeatSampler(guided, row_cells(dataset, config, keyer), **layout, shuffle=shuffle)
     if not (config.balanced_sampling or config.sampling_weight_column):
         return EpochRepeatSampler(**layout, shuffle=shuffle)
     if config.sampling_weight_column:
         weights = column_weights(dataset, config.sampling_weight_column)
     else:
-        # Only the metadata columns: images are never decoded to compute the weights.
-        columns = [c for c in [config.domain_column, *config.demographic_columns] if c]
-        # No domain or demographic column (data without them): one cell, every row drawn alike.
-        rows = dataset.select_columns(columns).to_list() if columns else [{}] * len(dataset)
-        domains = [domain_key(r, config.domain_column) for r in rows]
-        # A sibling keys the rows: the estimator's keyer counts missing and invalid values as training meets them.
-        weights = balanced_weights(domains, keyer.sibling().keys(rows, domains))
+        cells = row_cells(dataset, config, keyer)
+        weights = balanced_weights([domain for domain, _ in cells], [group for _, group in cells])
     return BalancedRepeatSampler(weights, **layout, shuffle=True)
+
+
+def row_cells(dataset: Any, config: Any, keyer: GroupKeyer) -> list[tuple[str, str | None]]:
+    """Each row's (domain, group key), as training keys them; `keyer` is the trainer's (its counts are left alone)."""
+    # Only the metadata columns: images are never decoded to compute the weights.
+    columns = [c for c in [config.domain_column, *config.demographic_columns] if c]
+    # No domain or demographic column (data without them): one cell, every row drawn alike.
+    rows = dataset.select_columns(columns).to_list() if columns else [{}] * len(dataset)
+    domains = [domain_key(r, config.domain_column) for r in rows]
+    # A sibling keys the rows: the estimator's keyer counts missing and invalid values as training meets them.
+    return list(zip(domains, keyer.sibling().keys(rows, domains), strict=True))
 
 
 def check_sampling(dataset: Any, config: Any) -> None:
     """A sampler setting needs a dataset transformers draws with a sampler: refuse it for a stream."""
-    if not (config.balanced_sampling or config.sampling_weight_column):
-        return
-    if isinstance(dataset, (torch.utils.data.IterableDataset, StreamingDataset)):
-        setting = (
-            "balanced_sampling=True"
-            if config.balanced_sampling
-            else f"sampling_weight_column={config.sampling_weight_column!r}"
+    settings = [
+        name
+        for name, on in (
+            ("balanced_sampling=True", config.balanced_sampling),
+            (f"sampling_weight_column={config.sampling_weight_column!r}", config.sampling_weight_column),
+            ("guided_sampling=True", config.guided_sampling),
         )
+        if on
+    ]
+    if settings and isinstance(dataset, (torch.utils.data.IterableDataset, StreamingDataset)):
         raise ValueError(
-            f"{setting} needs a map-style train_dataset, got {type(dataset).__name__}: transformers draws an "
+            f"{settings[0]} needs a map-style train_dataset, got {type(dataset).__name__}: transformers draws an "
             "iterable dataset in stream order and never asks for a sampler, so the setting would be ignored. Load "
             "the data as a datasets.Dataset (no streaming), or unset it and weight the stream yourself"
         )

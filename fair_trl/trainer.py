@@ -9,7 +9,7 @@ All advantage math lives in `fair_trl.advantages`. The rest has an owner of its 
 here hand off to: the rewards' sum (`fair_trl.reward_sum`), the rollouts' fairness log
 (`fair_trl.rollout_log`), the checkpoint states (`fair_trl.checkpoint_io`) and their passage through
 transformers (`fair_trl.checkpointing`), the model card record (`fair_trl.card_record`), the train
-sampler (`fair_trl.sampling`) and the batch's groups (`fair_trl.batch_groups`).
+sampler (`fair_trl.sampling`, guided by `fair_trl.guided_sampling`) and the batch's groups (`fair_trl.batch_groups`).
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from fair_trl.checkpoint_io import CheckpointFiles, CheckpointState, group_setti
 from fair_trl.checkpointing import AtomicCheckpoints
 from fair_trl.config import FairGRPOConfig
 from fair_trl.groups import GroupKeyer
+from fair_trl.guided_sampling import guided_sampling
 from fair_trl.inspection import fit_train_groups, resolve_train_columns
 from fair_trl.launch import check_launch
 from fair_trl.model_card import ModelCardRecord, write_model_card
@@ -66,6 +67,8 @@ class FairGRPOTrainer(AtomicCheckpoints, GRPOTrainer):
         bound.arguments["args"] = config
         self.estimator_spec = get_spec(config.advantage_estimator)
         self.estimator = self.estimator_spec.factory(config)
+        # FairGRPO-guided sampling's statistics and weights (None when off).
+        self.guided_sampling = guided_sampling(config, self.estimator)
 
         # TRL's own argument checks run first, with TRL's messages; then the dataset's against the settings.
         super().__init__(*bound.args[1:], **bound.kwargs)
@@ -80,12 +83,16 @@ class FairGRPOTrainer(AtomicCheckpoints, GRPOTrainer):
             adapt_vllm_generation(self.vllm_generation, self._model_type())
 
         self.group_keyer = GroupKeyer.from_config(config)
-        self.checkpoint_files = CheckpointFiles(group_settings(config, self.estimator_spec.config_fields(config)))
+        fields = self.estimator_spec.config_fields(config)
+        if config.guided_sampling:  # its weights come from FairGRPO statistics under these settings
+            fields = tuple(dict.fromkeys([*fields, "guided_sampling", *get_spec("fair_grpo").config_fields(config)]))
+        self.checkpoint_files = CheckpointFiles(group_settings(config, fields))
         self.checkpoint_state = CheckpointState(
             self.group_keyer,
             self.estimator,
             generation_cycle=self.args.steps_per_generation * self.num_iterations,
             gradient_accumulation_steps=self.args.gradient_accumulation_steps,
+            guided=self.guided_sampling,
         )
 
         # Fitted on the train rows (which columns each domain records, where partly known rows go); the
@@ -149,9 +156,12 @@ class FairGRPOTrainer(AtomicCheckpoints, GRPOTrainer):
         # Evaluation batches keep TRL's advantages: they train nothing and must not move the
         # estimator's running statistics. An estimator that reproduces TRL's advantages leaves them alone
         # when TRL normalises per reward function, which it alone implements.
-        if not training or (
-            self.estimator_spec.keeps_trl_advantages and self.multi_objective_aggregation != "sum_then_normalize"
-        ):
+        if not training:
+            return output
+        if self.estimator_spec.keeps_trl_advantages and self.multi_objective_aggregation != "sum_then_normalize":
+            if self.guided_sampling is not None:
+                self.checkpoint_state.generation_begins()
+                self._observe_for_sampling(self._summed_rewards(), inputs)
             return output
         rewards = self._summed_rewards()
         # TRL's frac_reward_zero_std is one whole-batch figure under scale_rewards="batch"; this is per prompt.
@@ -159,6 +169,7 @@ class FairGRPOTrainer(AtomicCheckpoints, GRPOTrainer):
         self._metrics["train"]["fair/frac_zero_signal"].append(no_signal.float().mean().item())
         self.checkpoint_state.generation_begins()
         advantages = self._compute_advantages(rewards, inputs).to(rewards.device)
+        self._observe_for_sampling(rewards, inputs)
         start = self.accelerator.process_index * len(inputs)
         output["advantages"] = advantages[start : start + len(inputs)]
         self._replace_logged_advantages(advantages.tolist())
@@ -191,9 +202,25 @@ class FairGRPOTrainer(AtomicCheckpoints, GRPOTrainer):
     def _get_train_sampler(self, dataset=None):
         dataset = dataset if dataset is not None else self.train_dataset
         self._train_sampler = train_sampler(
-            dataset, self.args, self.num_generations, self.num_iterations, self.shuffle_dataset, self.group_keyer
+            dataset,
+            self.args,
+            self.num_generations,
+            self.num_iterations,
+            self.shuffle_dataset,
+            self.group_keyer,
+            self.guided_sampling,
         )
         return self._train_sampler
+
+    def _observe_for_sampling(self, rewards: torch.Tensor, inputs: list[dict[str, Any]]) -> None:
+        """Guided sampling's statistics take in a scored training batch (a FairGRPO estimator's already have)."""
+        if self.guided_sampling is None:
+            return
+        if self.guided_sampling.owns_stats:
+            domains, groups = self._gather_group_metadata(inputs)
+        else:
+            domains, groups = [], []
+        self.guided_sampling.observe(rewards, self.num_generations, domains, groups)
 
     def _run_epoch(self, *args: Any, **kwargs: Any) -> Any:
         # A run resumed in a later epoch must draw that epoch's order, not the first epoch's. accelerate

@@ -216,6 +216,42 @@ class FairGRPOAdvantage:
         dtype = rewards.dtype if rewards.dtype.is_floating_point else torch.float32
         return torch.from_numpy(flat).to(dtype=dtype, device=rewards.device)
 
+    def cell_weights(self) -> dict[tuple[str, str | None], float]:
+        """Eq. 2's weight ``1 / max(T_domain * T_group, epsilon)`` of each (domain, group) with statistics.
+
+        What FairGRPO would scale a prompt of that cell by (before the batch renormalisation), from the
+        running statistics; guided sampling draws prompts by it. A domain's prompts of unknown group
+        (every prompt, without demographics) are the cell (domain, None) and count as one pooled group:
+        their latent groups are clusters of rollout rewards, which a prompt has only once it is generated.
+        With `max_weight_ratio`, no weight exceeds that many times the smallest one returned.
+        """
+        cells: list[tuple[str, str | None]] = []
+        domain_stats: list[GroupStats] = []
+        group_stats: list[GroupStats] = []
+        for domain, stats in self.domain_stats.items():
+            groups = self.group_stats.get(domain, {})
+            for group, g_stats in groups.items():
+                cells.append((domain, group))
+                domain_stats.append(stats)
+                group_stats.append(g_stats)
+            unlabeled = self.unlabeled_seen.get(domain, 0)
+            if unlabeled:
+                # The domain's sums less its labeled groups' are its unlabeled prompts' sums.
+                pooled = GroupStats(
+                    unlabeled,
+                    stats.reward_sum - sum(g.reward_sum for g in groups.values()),
+                    stats.reward_count - sum(g.reward_count for g in groups.values()),
+                )
+                cells.append((domain, None))
+                domain_stats.append(stats)
+                group_stats.append(pooled)
+        if not cells:
+            return {}
+        weights = 1.0 / np.maximum(self._temperature(domain_stats) * self._temperature(group_stats), self.epsilon)
+        if self.max_weight_ratio is not None:
+            weights = np.minimum(weights, weights.min() * self.max_weight_ratio)
+        return dict(zip(cells, weights.tolist(), strict=True))
+
     @property
     def measured_from(self) -> float:
         """The reward temperatures measure the mean from: `reward_min`, or with None the lowest reward seen."""

@@ -12,7 +12,9 @@ Everything a run returns is plain JSON, so the report can be rebuilt from ``runs
 
 Methods (`METHODS`, built on `fair_trl.advantages.REGISTRY`):
 
-* main: ``grpo``, ``fair_grpo`` (the paper's), ``fair_grpo_nd``;
+* main: ``grpo``, ``fair_grpo`` (the paper's), ``fair_grpo_nd``; beyond the paper (``GUIDED_METHODS``, not in
+  the defaults), ``guided_sampling`` (GRPO drawing prompts by FairGRPO's weights) and ``fair_grpo_guided``
+  (FairGRPO with that sampling);
 * control: ``oracle_oversampling``, GRPO drawing each planted cell (a domain's rows of a group the
   benchmark planted as disadvantaged) as often as the average cell of its domain, at most 5x its
   natural share (`fair_trl.demo.benchmark.ORACLE_RULE`, the same rule on any planting). It uses
@@ -53,6 +55,7 @@ __all__ = [
     "BASELINE_METHODS",
     "DEMO_BENCHMARK",
     "DEFAULT_METHODS",
+    "GUIDED_METHODS",
     "METHODS",
     "NOISE_METHODS",
     "VARIANT_METHODS",
@@ -92,6 +95,20 @@ METHODS: dict[str, Method] = {
         "positive control: each planted cell drawn as often as its domain's average cell (at most 5x)",
         label="GRPO + oracle oversampling",
         sampling_weight_column=ORACLE_WEIGHT_COLUMN,
+    ),
+    "guided_sampling": _method(
+        "grpo",
+        "main",
+        "beyond the paper: prompts drawn by FairGRPO's weight of their (domain, group), from the rewards so far",
+        label="GRPO + FairGRPO-guided sampling",
+        guided_sampling=True,
+    ),
+    "fair_grpo_guided": _method(
+        "fair_grpo",
+        "main",
+        "beyond the paper: FairGRPO, its prompts drawn by its own weights",
+        label="FairGRPO + guided sampling",
+        guided_sampling=True,
     ),
     "fair_grpo_floor": _method(
         "fair_grpo", "variant", "mean reward in T floored at 0.3", "FairGRPO, rbar floor 0.3", fair_reward_floor=0.3
@@ -136,7 +153,9 @@ NOISE_METHODS = tuple(name for name, m in METHODS.items() if m.role == "noise")
 # - Every domain at least 10% of the rows: with Table 1's 2% floor four domains had 64-109 held-out
 #   rows (of 3,000), a1 cells of 4-7 rows, and their max-min F1 was mostly noise.
 DEMO_BENCHMARK = ("disadvantaged=[age=a1, age=a4]", "min_domain_fraction=0.1")
-DEFAULT_METHODS = tuple(name for name, m in METHODS.items() if m.role in ("main", "control"))
+# The guided methods are main methods but left out of the defaults: the quick demo has no time for them.
+GUIDED_METHODS = ("guided_sampling", "fair_grpo_guided")
+DEFAULT_METHODS = ("grpo", "fair_grpo", "fair_grpo_nd", "oracle_oversampling")
 VARIANT_METHODS = tuple(name for name, m in METHODS.items() if m.role == "variant")
 BASELINE_METHODS = tuple(name for name, m in METHODS.items() if m.role == "baseline")
 
