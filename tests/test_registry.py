@@ -70,7 +70,8 @@ def test_display_names_are_unique_and_the_card_and_demo_use_them():
         assert method_name(name) == (spec.display_name, spec.description)
     for method in METHODS.values():
         assert method.estimator in REGISTRY
-        if not method.config:
+        # A demo method that changes nothing but its seeds (the noise check's GRPO reruns) says so in its label.
+        if not method.config and not (method.sampling_seed_shift or method.order_seed_shift):
             assert method.label == REGISTRY[method.estimator].display_name
 
 
