@@ -78,6 +78,14 @@ class EpochRepeatSampler(RepeatSampler):
     def _draw(self) -> list[int]:
         return torch.randperm(self.num_samples, generator=self.generator).tolist()
 
+    def _repeated(self, chunk: list[int]):
+        """One generation batch's prompts in TRL's layout: the chunk `repeat_count` times, each prompt
+        `mini_repeat_count` times in a row."""
+        for _ in range(self.repeat_count):
+            for index in chunk:
+                for _ in range(self.mini_repeat_count):
+                    yield index
+
     def set_epoch(self, epoch: int) -> None:
         generator = getattr(self, "generator", None)
         if generator is None or self.seed is None:  # unshuffled, or unseeded: nothing to replay
@@ -135,10 +143,7 @@ class BalancedRepeatSampler(EpochRepeatSampler):
         for chunk in chunks:
             if len(chunk) < self.batch_size:
                 continue
-            for _ in range(self.repeat_count):
-                for index in chunk:
-                    for _ in range(self.mini_repeat_count):
-                        yield index
+            yield from self._repeated(chunk)
 
 
 class GuidedRepeatSampler(EpochRepeatSampler):
@@ -172,10 +177,7 @@ class GuidedRepeatSampler(EpochRepeatSampler):
         per_epoch = self.num_samples // self.batch_size
         for i in range(per_epoch):
             chunk = self.draw_batch(epoch * per_epoch + i, order[i * self.batch_size : (i + 1) * self.batch_size])
-            for _ in range(self.repeat_count):
-                for index in chunk:
-                    for _ in range(self.mini_repeat_count):
-                        yield index
+            yield from self._repeated(chunk)
 
     def draw_batch(self, batch: int, trl_order: list[int]) -> list[int]:
         """Generation batch `batch`'s prompts: drawn by the weights `guided` has for it now, else `trl_order`."""
