@@ -301,17 +301,12 @@ class FairGRPOConfig(GRPOConfig):
             raise ValueError(f"fair_max_weight_ratio must be >= 1 (or None), got {self.fair_max_weight_ratio}")
         if self.fair_stats_window is not None and self.fair_stats_window < 1:
             raise ValueError(f"fair_stats_window must be >= 1 (or None), got {self.fair_stats_window}")
-        if self.balanced_sampling and self.sampling_weight_column:
-            raise ValueError("balanced_sampling and sampling_weight_column both choose the sampler; set only one")
-        if self.guided_sampling and (self.balanced_sampling or self.sampling_weight_column):
-            other = (
-                "balanced_sampling=True"
-                if self.balanced_sampling
-                else f"sampling_weight_column={self.sampling_weight_column!r}"
-            )
+        chosen = self.sampler_settings()
+        if len(chosen) > 1:
             raise ValueError(
-                f"guided_sampling=True and {other} both choose the sampler; set only one (guided_sampling draws by "
-                "FairGRPO's weights of the moment)"
+                f"{' and '.join(chosen)} each choose the sampler; set only one (balanced_sampling draws every "
+                "(domain, group) cell alike, sampling_weight_column by a column, guided_sampling by FairGRPO's "
+                "weights of the moment)"
             )
         if self.fairness_logging_steps < 0:
             raise ValueError(f"fairness_logging_steps must be >= 0, got {self.fairness_logging_steps}")
@@ -330,6 +325,15 @@ class FairGRPOConfig(GRPOConfig):
         super().__post_init__()
         # The window is counted in generation batches, which TRL's __post_init__ has just sized.
         stats_window_batches(self)
+
+    def sampler_settings(self) -> list[str]:
+        """The settings that choose the train sampler, as a user writes them (at most one may be set)."""
+        chosen = {
+            "balanced_sampling=True": self.balanced_sampling,
+            f"sampling_weight_column={self.sampling_weight_column!r}": self.sampling_weight_column,
+            "guided_sampling=True": self.guided_sampling,
+        }
+        return [name for name, on in chosen.items() if on]
 
     def _resolve_demographic_columns(self) -> None:
         """Names in demographic_columns, kinds in demographic_kinds: rows are read by name everywhere."""

@@ -239,15 +239,7 @@ def row_cells(dataset: Any, config: Any, keyer: GroupKeyer) -> list[tuple[str, s
 
 def check_sampling(dataset: Any, config: Any) -> None:
     """A sampler setting needs a dataset transformers draws with a sampler: refuse it for a stream."""
-    settings = [
-        name
-        for name, on in (
-            ("balanced_sampling=True", config.balanced_sampling),
-            (f"sampling_weight_column={config.sampling_weight_column!r}", config.sampling_weight_column),
-            ("guided_sampling=True", config.guided_sampling),
-        )
-        if on
-    ]
+    settings = config.sampler_settings()
     if settings and isinstance(dataset, (torch.utils.data.IterableDataset, StreamingDataset)):
         raise ValueError(
             f"{settings[0]} needs a map-style train_dataset, got {type(dataset).__name__}: transformers draws an "

@@ -15,7 +15,7 @@ from fair_trl.demo.experiment import DEMO_BENCHMARK, METHODS, NOISE_METHODS, Exp
 from fair_trl.demo.instrument import TRIAL_FIELDS, read_trials
 from fair_trl.demo.plots import PLOTS, pareto_front
 from fair_trl.demo.reference import reference_check
-from fair_trl.demo.report import analyse, effect_word, markdown, meets_aim, rebuild
+from fair_trl.demo.report import analyse, effect_word, markdown, meets_aim, rebuild, summary_markdown
 from fair_trl.demo.run import publish
 from fair_trl.demo.stats import paired_difference, seed_summary
 from fair_trl.groups import normalise_attribute
@@ -352,21 +352,24 @@ def test_pareto_front_keeps_only_undominated_points():
     assert pareto_front(points) == [4, 0, 1]
 
 
-def fake_checkpoint(step, delta_f1, f1, pp=None):
-    """A checkpoint with the given ΔF1, F1 and PP (default: PP = ΔF1) for both attributes."""
+def fake_checkpoint(step, delta_f1, f1, pp=None, planted=0.5, other=0.9):
+    """A checkpoint with the given ΔF1, F1 and PP (default: PP = ΔF1) for both attributes; group a1 and the
+    planted cells answer exactly at `planted`, the rest at `other`."""
     attribute = {
         "acc": 0.8, "f1": f1, "EOD": 0.1, "PP": delta_f1 if pp is None else pp, "FPR_diff": 0.0, "delta_acc": 0.0,
         "delta_f1": delta_f1,
         "sigma_acc": 0.0, "sigma_f1": 0.0, "acc_es": 0.8, "f1_es": f1,
         "group_f1": {"a1": f1 - delta_f1, "a2": f1}, "per_group_f1": {"ham10000": {"a1": f1 - delta_f1, "a2": f1}},
-        "group_exact": {"a1": 0.5, "a2": 0.9},
+        "group_exact": {"a1": planted, "a2": other},
     }  # fmt: skip
-    return {"step": step, "age": attribute, "sex": attribute, "exact": 0.8, "distinct_answers": 12}
+    return {"step": step, "age": attribute, "sex": attribute, "exact": 0.8, "distinct_answers": 12,
+            "planted_exact": {"planted": planted, "other": other}}  # fmt: skip
 
 
-def fake_run(method, seed, delta_f1, f1, start_f1=0.40, pp=None):
-    """A run from a warm start of F1 `start_f1` (ΔF1 0.15) to a final checkpoint with the given ΔF1, F1 and PP."""
-    checkpoints = [fake_checkpoint(0, 0.15, start_f1), fake_checkpoint(10, delta_f1, f1, pp)]
+def fake_run(method, seed, delta_f1, f1, start_f1=0.40, pp=None, planted=0.5, other=0.9):
+    """A run from a warm start of F1 `start_f1` (ΔF1 0.15, exact 0.5 planted and 0.9 other) to a final
+    checkpoint with the given ΔF1, F1, PP and exact-match accuracies."""
+    checkpoints = [fake_checkpoint(0, 0.15, start_f1), fake_checkpoint(10, delta_f1, f1, pp, planted, other)]
     return {"method": method, "seed": seed, "checkpoints": checkpoints, "train_reward": {}, "group_weights": []}
 
 
@@ -415,6 +418,27 @@ def test_verdict_refuses_a_reduction_bought_with_f1_or_within_noise_and_says_whe
         "fair_grpo_nd": {"delta_f1": "increases", "pp": "no effect"},
     }
     assert "null result" not in text and "paper" not in text
+
+
+def test_secondary_endpoints_pair_the_planted_gain_and_the_majoritys_cost_with_grpo():
+    settings = ExperimentSettings(methods=("grpo", "fair_grpo"), seeds=3, n_bootstrap=0)
+    runs = []
+    for seed, e in enumerate([0.0, 0.01, -0.01]):
+        runs.append(fake_run("grpo", seed, 0.2, 0.5, planted=0.60 + e, other=0.92))
+        # Planted cells gain 0.1 more than under GRPO; the other rows lose 0.02 against GRPO.
+        runs.append(fake_run("fair_grpo", seed, 0.2, 0.5, planted=0.70 + e, other=0.90))
+    results = analyse(runs, settings)
+    grpo, fair = results["methods"]["grpo"], results["methods"]["fair_grpo"]
+    assert grpo["vs_warm_start"]["planted_exact"]["mean"] == pytest.approx(0.10)
+    assert fair["vs_warm_start"]["planted_exact"]["mean"] == pytest.approx(0.20)
+    vs = fair["vs_grpo"]
+    assert vs["planted_exact"]["mean"] == pytest.approx(0.10) and vs["planted_exact"]["ci"][0] > 0
+    assert vs["other_exact"]["mean"] == pytest.approx(-0.02)
+    # The worst group is a1 (the planted one) in both: its gap to GRPO is the planted gain's.
+    assert vs["worst_group_exact"]["mean"] == pytest.approx(0.10)
+    row = [line for line in summary_markdown(results).splitlines() if line.startswith("| FairGRPO |")][-1]
+    assert "+0.200 [" in row and "-0.020 [" in row
+    assert "## Secondary endpoints" in markdown(results)
 
 
 def test_gate_is_invalid_when_grpo_loses_f1_against_the_warm_start():

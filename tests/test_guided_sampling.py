@@ -47,6 +47,15 @@ def shares(sampler: GuidedRepeatSampler, batches: range, cells: list) -> Counter
 CELLS = [("d", "F")] * 50 + [("d", "M")] * 50
 
 
+def fed_sampler(batches: int, prompts: list) -> tuple[GuidedSampling, GuidedRepeatSampler]:
+    """A sampler over CELLS whose own statistics have seen `batches` scored batches of `prompts`."""
+    guided = own_guided()
+    sampler = GuidedRepeatSampler(guided, CELLS, data_source=range(100), **LAYOUT)
+    for _ in range(batches):
+        feed(guided, prompts)
+    return guided, sampler
+
+
 def test_before_any_statistics_the_draw_is_trls_order_of_the_seed():
     sampler = GuidedRepeatSampler(own_guided(), CELLS, data_source=range(100), **{**LAYOUT, "repeat_count": 2})
     trl = RepeatSampler(range(100), mini_repeat_count=1, batch_size=10, repeat_count=2, seed=3)
@@ -56,10 +65,7 @@ def test_before_any_statistics_the_draw_is_trls_order_of_the_seed():
 
 
 def test_a_low_reward_group_is_drawn_more_once_its_statistics_show_it():
-    guided = own_guided()
-    sampler = GuidedRepeatSampler(guided, CELLS, data_source=range(100), **LAYOUT)
-    for _ in range(3):
-        feed(guided, [("d", "F", [0.0, 0.2]), ("d", "M", [0.8, 1.0])])
+    guided, sampler = fed_sampler(3, [("d", "F", [0.0, 0.2]), ("d", "M", [0.8, 1.0])])
     weights = guided.weights_for(4, [("d", "F"), ("d", "M")])
     # Same N, rbar 0.1 against 0.9: F weighs 9 times M (the domain's temperature is common to both).
     assert weights[0] / weights[1] == pytest.approx(9.0)
@@ -70,10 +76,7 @@ def test_a_low_reward_group_is_drawn_more_once_its_statistics_show_it():
 
 
 def test_equal_statistics_draw_every_row_alike():
-    guided = own_guided()
-    sampler = GuidedRepeatSampler(guided, CELLS, data_source=range(100), **LAYOUT)
-    for _ in range(2):
-        feed(guided, [("d", "F", [0.2, 0.6]), ("d", "M", [0.6, 0.2])])
+    guided, sampler = fed_sampler(2, [("d", "F", [0.2, 0.6]), ("d", "M", [0.6, 0.2])])
     weights = guided.weights_for(3, [("d", "F"), ("d", "M")])
     assert weights[0] == weights[1]
     drawn = shares(sampler, range(3, 203), CELLS)
@@ -126,9 +129,9 @@ def test_state_round_trips():
 
 def test_refusals_name_the_settings(tmp_path):
     base = trainer_config(tmp_path)
-    with pytest.raises(ValueError, match="guided_sampling=True and balanced_sampling=True"):
+    with pytest.raises(ValueError, match="balanced_sampling=True and guided_sampling=True each choose"):
         FairGRPOConfig(**base, guided_sampling=True, balanced_sampling=True)
-    with pytest.raises(ValueError, match="guided_sampling=True and sampling_weight_column='w'"):
+    with pytest.raises(ValueError, match="sampling_weight_column='w' and guided_sampling=True each choose"):
         FairGRPOConfig(**base, guided_sampling=True, sampling_weight_column="w")
     config = FairGRPOConfig(**base, guided_sampling=True)
     stream = IterableDataset.from_generator(lambda: iter([{"prompt": "p"}]))

@@ -20,6 +20,7 @@ from fair_trl.demo.instrument import gate, read_trials
 from fair_trl.demo.noise import noise_check, noise_section
 from fair_trl.demo.reference import REFERENCE_RESULTS, reference_check
 from fair_trl.demo.stats import (
+    EXACT_ENDPOINTS,
     HEADLINE_METRICS,
     checkpoint_metrics,
     excludes_zero,
@@ -36,7 +37,7 @@ __all__ = ["AIM", "ENDPOINTS", "analyse", "effect_word", "markdown", "meets_aim"
 # 0.01 lower.
 AIM = {"delta_f1_reduction": 0.25, "pp_reduction": 0.25, "max_f1_drop": 0.01}
 ENDPOINTS = {"delta_f1": "ΔF1", "pp": "PP"}  # what the aim judges, with their names in the text
-SUMMARY_METRICS = (*HEADLINE_METRICS, "exact")
+SUMMARY_METRICS = (*HEADLINE_METRICS, "exact", *EXACT_ENDPOINTS)
 # Roles the verdict leaves out: the control checks the instrument, the noise arms are GRPO itself.
 NOT_JUDGED = ("control", "noise")
 
@@ -250,6 +251,26 @@ def _relative(rel: dict[str, Any], metric: str = "ΔF1") -> str:
     return f"{rel['mean']:+.0%} [{rel['ci'][0]:+.0%}, {rel['ci'][1]:+.0%}]"
 
 
+SECONDARY_TEXT = (
+    "Secondary endpoints, fixed before the study, paired by seed (95% t interval; * = excludes 0): EOD and F1 "
+    "against GRPO; exact-match accuracy of the worst demographic group against GRPO; the planted cells' "
+    "exact-match gain over the seed's warm start, and its difference to GRPO's gain; and what the other rows "
+    "(the majority) gain or lose against GRPO."
+)
+
+
+def _secondary_table(methods: dict[str, Any]) -> list[str]:
+    rows = []
+    for e in methods.values():
+        vs, start = e.get("vs_grpo"), e["vs_warm_start"]
+        versus = [_diff(vs[k]) for k in ("eod", "f1", "worst_group_exact", "planted_exact")] if vs else ["-"] * 4
+        rows.append([e["label"], str(len(e["seeds"])), *versus[:3], _diff(start["planted_exact"]), versus[3],
+                     _diff(vs["other_exact"]) if vs else "-"])  # fmt: skip
+    header = ["method", "seeds", "EOD vs GRPO", "F1 vs GRPO", "worst-group exact vs GRPO",
+              "planted exact gain since warm start", "planted gain vs GRPO", "others' exact vs GRPO"]  # fmt: skip
+    return _table(header, rows)
+
+
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header), *("| " + " | ".join(r) + " |" for r in rows)]
 
@@ -375,6 +396,7 @@ def markdown(results: dict[str, Any]) -> str:
          "EOD diff"],
         rows,
     )  # fmt: skip
+    lines += ["", "## Secondary endpoints", "", SECONDARY_TEXT, "", *_secondary_table(methods)]
     if "noise_check" in results:
         lines += ["", "## Noise check", "", *noise_section(results["noise_check"])]
     variants = [m for m in methods if METHODS[m].role in ("variant", "baseline")]
@@ -569,6 +591,10 @@ def summary_markdown(results: dict[str, Any]) -> str:
         *_table(["method", "F1", "ΔF1", "exact", "ΔF1 vs GRPO", "ΔF1 change", "PP change", "F1 vs GRPO"], rows),
         "",
         *results["verdict"]["text"].splitlines(),
+        "",
+        SECONDARY_TEXT,
+        "",
+        *_secondary_table(results["methods"]),
     ]
     timing = results.get("context", {}).get("timing")
     if timing:

@@ -20,6 +20,7 @@ import numpy as np
 from fair_trl.demo.evaluation import ATTRIBUTES
 
 __all__ = [
+    "EXACT_ENDPOINTS",
     "HEADLINE_METRICS",
     "checkpoint_metrics",
     "excludes_zero",
@@ -32,13 +33,22 @@ __all__ = [
 HEADLINE_METRICS = {"f1": "f1", "acc": "acc", "delta_f1": "delta_f1", "eod": "EOD", "pp": "PP"}
 
 
+# The study's secondary endpoints besides EOD and F1, all exact-match accuracies: of the worst
+# demographic group (age and sex groups alike), of the rows in planted cells, and of every other row.
+EXACT_ENDPOINTS = ("worst_group_exact", "planted_exact", "other_exact")
+
+
 def checkpoint_metrics(checkpoint: dict[str, Any]) -> dict[str, float]:
-    """Headline metrics of one checkpoint (each the mean over age and sex) and the exact-match accuracy."""
+    """Headline metrics of one checkpoint (each the mean over age and sex) and the exact-match accuracies."""
     out = {
         name: float(np.mean([checkpoint[attribute][key] for attribute in ATTRIBUTES]))
         for name, key in HEADLINE_METRICS.items()
     }
     out["exact"] = float(checkpoint["exact"])
+    out["worst_group_exact"] = float(min(v for a in ATTRIBUTES for v in checkpoint[a]["group_exact"].values()))
+    planted = checkpoint["planted_exact"]
+    out["planted_exact"] = float(planted.get("planted", math.nan))  # nan: a planting with no planted rows
+    out["other_exact"] = float(planted.get("other", math.nan))
     return out
 
 
