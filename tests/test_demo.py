@@ -13,6 +13,7 @@ from fair_trl.demo.benchmark import planted_flags, with_oracle_weights
 from fair_trl.demo.command import DemoOptions
 from fair_trl.demo.experiment import DEMO_BENCHMARK, METHODS, NOISE_METHODS, ExperimentSettings, run_warm_start
 from fair_trl.demo.instrument import TRIAL_FIELDS, read_trials
+from fair_trl.demo.plantings import PLANTINGS_FILE, plantings_markdown
 from fair_trl.demo.plots import PLOTS, pareto_front
 from fair_trl.demo.reference import reference_check
 from fair_trl.demo.report import analyse, effect_word, markdown, meets_aim, rebuild, summary_markdown
@@ -160,7 +161,13 @@ def test_publish_copies_the_report_into_the_reference_folder(two_workers, tmp_pa
     _, out, results = two_workers
     target = publish(out, tmp_path / "reference")
     assert json.loads((target / "results.json").read_text()) == results
-    assert {p.name for p in target.iterdir()} == {"report.md", "results.json", "summary.md", *PLOTS}
+    published = {"report.md", "results.json", "summary.md", *PLOTS}
+    assert {p.name for p in target.iterdir()} == {*published, PLANTINGS_FILE}
+    # Another planting goes beside it, and the reference folder's table then lists both.
+    planting = publish(out, target / "planting-again")
+    assert {p.name for p in planting.iterdir()} == published
+    table = (target / PLANTINGS_FILE).read_text()
+    assert "(the reference study)" in table and "(`planting-again/`)" in table
     with pytest.raises(FileNotFoundError, match="missing"):
         publish(tmp_path / "nothing", tmp_path / "elsewhere")
 
@@ -439,6 +446,32 @@ def test_secondary_endpoints_pair_the_planted_gain_and_the_majoritys_cost_with_g
     row = [line for line in summary_markdown(results).splitlines() if line.startswith("| FairGRPO |")][-1]
     assert "+0.200 [" in row and "-0.020 [" in row
     assert "## Secondary endpoints" in markdown(results)
+
+
+def test_plantings_table_gives_each_published_plantings_gate_and_fairgrpos_words(tmp_path):
+    def publish_fake(folder, benchmark, control_cut):
+        settings = ExperimentSettings(
+            methods=("grpo", "fair_grpo", "oracle_oversampling"), seeds=3, benchmark=[*DEMO_BENCHMARK, *benchmark]
+        )
+        runs = []
+        for seed, e in enumerate([0.0, 0.01, -0.01]):
+            runs.append(fake_run("grpo", seed, 0.20 + e, 0.50))
+            runs.append(fake_run("fair_grpo", seed, 0.10 + e, 0.50))  # -50% ΔF1 and PP every seed
+            runs.append(fake_run("oracle_oversampling", seed, 0.20 - control_cut + 3 * e, 0.50))
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "results.json").write_text(json.dumps(analyse(runs, settings)))
+
+    publish_fake(tmp_path, [], control_cut=0.05)
+    publish_fake(tmp_path / "planting-a4", ["disadvantaged=[age=a4|sex=F]"], control_cut=0.0)
+    (tmp_path / "planting-unfinished").mkdir()  # no results.json: not a published planting
+    rows = [line for line in plantings_markdown(tmp_path).splitlines() if line.startswith("| ")][1:]
+    assert len(rows) == 2
+    default, a4 = rows
+    assert default.startswith(f"| default, `{DEMO_BENCHMARK[0]}`") and "| valid |" in default
+    assert a4.startswith("| `disadvantaged=[age=a4\\|sex=F]`") and "| invalid |" in a4
+    assert a4.count(" | ") == default.count(" | ")  # the escaped `|` stays inside its cell
+    assert "ΔF1 -50% [-50%, -50%] reduces; PP -50% [-50%, -50%] reduces (3 seeds)" in default
+    assert default.endswith("| not run | not run |")  # the guided methods did not run
 
 
 def test_gate_is_invalid_when_grpo_loses_f1_against_the_warm_start():

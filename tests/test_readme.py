@@ -69,6 +69,16 @@ def test_readme_results_quote_the_committed_demo_report():
         assert (demo / name).is_file()
 
 
+def test_readme_quotes_the_gate_on_every_published_planting():
+    from fair_trl.demo.plantings import PLANTINGS_FILE, plantings_markdown
+
+    demo = README.parent / "reports" / "demo"
+    table = plantings_markdown(demo)
+    assert table == (demo / PLANTINGS_FILE).read_text(), "a planting was published without rewriting plantings.md"
+    assert table.count("| valid |") + table.count("| invalid |") >= 3  # the default and two other plantings
+    assert table in README.read_text(), "README's plantings table differs from reports/demo: re-quote plantings.md"
+
+
 def test_committed_report_lists_the_instrument_trial_log():
     """The report's list of instrument trials is the log as it stood: the log only ever grows."""
     import json

@@ -8,7 +8,7 @@ from transformers import HfArgumentParser
 
 from fair_trl.demo.experiment import BASELINE_METHODS, METHODS, NOISE_METHODS, VARIANT_METHODS, ExperimentSettings
 from fair_trl.demo.instrument import TRIAL_METHODS
-from fair_trl.demo.reference import REFERENCE_RESULTS
+from fair_trl.demo.reference import REFERENCE_DIR, REFERENCE_RESULTS
 from fair_trl.demo.report import rebuild
 from fair_trl.demo.run import main as run_demo
 from fair_trl.demo.run import publish
@@ -51,8 +51,13 @@ class DemoOptions:
     )
     publish: bool = field(
         default=False,
-        metadata={"help": "Copy OUTPUT_DIR's report, results and plots to reports/demo/ (the README quotes it)."},
+        metadata={"help": "Copy OUTPUT_DIR's report, results and plots to PUBLISH_DIR (the README quotes it)."},
     )
+    publish_dir: str = field(
+        default=str(REFERENCE_DIR),
+        metadata={"help": "Where --publish copies to: the reference study's folder, or a planting-NAME folder in "
+                  "it for the same settings on another planting (plantings.md there lists them all)."},
+    )  # fmt: skip
 
 
 # `--full`, the reference study: applied to the settings the user left at their defaults. Steps and
@@ -74,7 +79,7 @@ def main(argv: list[str]) -> int:
         if options.rebuild:
             print(rebuild(options.output_dir, options.trial_log, options.reference)["gate"]["text"])
         if options.publish:
-            print(f"published {options.output_dir} to {publish(options.output_dir)}")
+            print(f"published {options.output_dir} to {publish(options.output_dir, options.publish_dir)}")
         return 0
     chosen = {f.name: getattr(namespace, f.name) for f in fields(ExperimentSettings)}
     defaults = ExperimentSettings().to_dict()

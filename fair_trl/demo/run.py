@@ -142,7 +142,12 @@ def main(
 
 
 def publish(output_dir: str | Path = DEFAULT_OUTPUT_DIR, reference_dir: str | Path = REFERENCE_DIR) -> Path:
-    """Copy a finished demo's report, results and plots into the reference folder the README quotes."""
+    """Copy a finished demo's report, results and plots into the reference folder the README quotes.
+
+    A folder named ``planting-NAME`` is one more planting beside the reference study in its parent; either
+    way the reference folder's ``plantings.md`` is rewritten to list them all.
+    """
+    from fair_trl.demo.plantings import plantings_root, write_plantings
     from fair_trl.demo.plots import PLOTS
 
     source, target = Path(output_dir), Path(reference_dir)
@@ -152,4 +157,5 @@ def publish(output_dir: str | Path = DEFAULT_OUTPUT_DIR, reference_dir: str | Pa
     target.mkdir(parents=True, exist_ok=True)
     for name in (*PUBLISHED, *PLOTS):
         shutil.copyfile(source / name, target / name)
+    write_plantings(plantings_root(target))
     return target
