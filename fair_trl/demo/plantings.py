@@ -67,15 +67,15 @@ def _row(folder: str, results: dict[str, Any]) -> list[str]:
 def plantings_markdown(root: str | Path = REFERENCE_DIR) -> str:
     """One row per published planting under `root`: the gate, and each JUDGED method's changes against GRPO."""
     root = Path(root)
-    folders = [root, *sorted(p for p in root.glob(f"{PLANTING_PREFIX}*") if (p / "results.json").is_file())]
+    candidates = [root, *sorted(root.glob(f"{PLANTING_PREFIX}*"))]
+    published = [folder for folder in candidates if (folder / "results.json").is_file()]
     # Named relative to the root, so the table reads the same wherever the reference folder lies.
     rows = [
         _row(
             "the reference study" if folder == root else f"`{folder.name}/`",
             json.loads((folder / "results.json").read_text()),
         )
-        for folder in folders
-        if (folder / "results.json").is_file()
+        for folder in published
     ]
     header = ["planting", "seeds", "control - GRPO, ΔF1 (change)", "gate", *(METHODS[m].label for m in JUDGED)]
     lines = [
