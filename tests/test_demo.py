@@ -472,6 +472,41 @@ def test_plantings_table_gives_each_published_plantings_gate_and_fairgrpos_words
     assert a4.count(" | ") == default.count(" | ")  # the escaped `|` stays inside its cell
     assert "ΔF1 -50% [-50%, -50%] reduces; PP -50% [-50%, -50%] reduces (3 seeds)" in default
     assert default.endswith("| not run | not run |")  # the guided methods did not run
+    assert "| valid | fewer seeds |" in default  # 3 seeds: no gate at the quick demo's 5
+
+
+def test_plantings_table_gives_the_gate_at_the_quick_demos_seeds_and_refuses_other_settings(tmp_path):
+    def results_for(cuts, learning_rate=None, benchmark=()):
+        settings = ExperimentSettings(
+            methods=("grpo", "oracle_oversampling"), seeds=len(cuts), n_bootstrap=0,
+            benchmark=[*DEMO_BENCHMARK, *benchmark], learning_rate=learning_rate or ExperimentSettings().learning_rate,
+        )  # fmt: skip
+        runs = []
+        for seed, cut in enumerate(cuts):
+            runs.append(fake_run("grpo", seed, 0.20, 0.50))
+            runs.append(fake_run("oracle_oversampling", seed, 0.20 - cut, 0.50))
+        return analyse(runs, settings)
+
+    def write(folder, results):
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "results.json").write_text(json.dumps(results))
+
+    # Over 7 seeds the control cuts ΔF1 clearly; its first 5 seeds alone do not (one of them goes the other way).
+    write(tmp_path, results_for([0.05, 0.06, -0.04, 0.05, 0.06, 0.05, 0.06]))
+    row = [line for line in plantings_markdown(tmp_path).splitlines() if line.startswith("| default")][0]
+    assert "| valid | invalid (-0.036 [" in row
+    # A planting left from other settings is refused, naming it and the difference, and publish copies nothing.
+    write(tmp_path / "planting-old", results_for([0.05] * 5, learning_rate=0.123, benchmark=["disadvantaged=[age=a4]"]))
+    with pytest.raises(ValueError, match=r"planting-old ran at other settings.*learning_rate 0.123 there"):
+        plantings_markdown(tmp_path)
+    (tmp_path / "planting-old" / "results.json").unlink()
+    source = tmp_path / "fresh"
+    write(source, results_for([0.05] * 5, learning_rate=0.123))
+    for name in ("report.md", "summary.md", *PLOTS):
+        (source / name).write_text("x")
+    with pytest.raises(ValueError, match="learning_rate 0.123 there"):
+        publish(source, tmp_path / "planting-new")
+    assert not (tmp_path / "planting-new").exists()
 
 
 def test_gate_is_invalid_when_grpo_loses_f1_against_the_warm_start():
@@ -837,3 +872,39 @@ def test_demo_help_lists_every_setting(capsys):
     assert done.value.code == 0
     shown = capsys.readouterr().out
     assert "--min_cell_rows" in shown and "95% interval" in shown and "--eval_rows" in shown
+
+
+def test_gate_power_is_how_often_a_quick_run_would_see_the_controls_cut(tmp_path):
+    from fair_trl.demo.instrument import gate_power
+
+    def with_differences(values):
+        control = {"vs_grpo": {"delta_f1": {"values": list(values)}}, "seeds": list(range(len(values)))}
+        return {"methods": {"grpo": {}, "oracle_oversampling": control}}
+
+    rng = np.random.default_rng(0)
+    observed = rng.normal(-0.05, 0.05, 20)
+    power = gate_power(with_differences(observed))
+    mean, sd = observed.mean(), observed.std(ddof=1)
+    # Simulated 5-seed runs drawn from that mean and sd: the share whose t interval lies below 0.
+    runs = rng.normal(mean, sd, (20000, 5))
+    highs = runs.mean(axis=1) + 2.7764451 * runs.std(axis=1, ddof=1) / math.sqrt(5)
+    assert power["chance"] == pytest.approx(float((highs < 0).mean()), abs=0.02)
+    assert 0.2 < power["chance"] < 0.8  # an effect the size of its noise: a quick gate is a coin flip
+    needed = power["seeds_for_target"]
+    assert gate_power(with_differences(observed), seeds=needed)["chance"] >= 0.8
+    assert gate_power(with_differences(observed), seeds=needed - 1)["chance"] < 0.8
+    # A cut twice as large relative to its noise is seen far more often; none at all, almost never.
+    assert gate_power(with_differences(observed - 0.05))["chance"] > 0.9
+    assert gate_power(with_differences(observed - mean))["chance"] < 0.05
+    assert gate_power(with_differences(observed[:2])) is None  # two seeds give no sd to speak of
+    # The reference check tells a quick run how often the study expects its gate to see the cut.
+    reference = study(ExperimentSettings(seeds=20), fair_grpo=(interval(-0.05, -0.01), interval(-0.05, -0.01)))
+    reference["methods"]["oracle_oversampling"] = {
+        **with_differences(observed)["methods"]["oracle_oversampling"], "vs_grpo": {
+            "delta_f1": {"values": list(observed), **interval(-0.07, -0.03)}, "pp": interval(-0.1, 0.0)}
+    }  # fmt: skip
+    path = write_study(tmp_path / "results.json", reference)
+    quick = study(ExperimentSettings(), fair_grpo=(interval(-0.06, 0.0), interval(-0.06, 0.0)))
+    last = reference_check(quick, path)["text"].splitlines()[-1]
+    assert last.startswith(f"- The gate: the reference study's control gives a 5-seed run a {power['chance']:.0%}")
+    assert f"{needed} seeds would see it 80% of the time" in last

@@ -77,6 +77,13 @@ def test_readme_quotes_the_gate_on_every_published_planting():
     assert table == (demo / PLANTINGS_FILE).read_text(), "a planting was published without rewriting plantings.md"
     assert table.count("| valid |") + table.count("| invalid |") >= 3  # the default and two other plantings
     assert table in README.read_text(), "README's plantings table differs from reports/demo: re-quote plantings.md"
+    # The README's word on how often a quick run's gate sees the cut is the reference study's.
+    import json
+
+    from fair_trl.demo.instrument import gate_power
+
+    power = gate_power(json.loads((demo / "results.json").read_text()))
+    assert f"({power['chance']:.0%} on the default planting:" in README.read_text()
 
 
 def test_committed_report_lists_the_instrument_trial_log():

@@ -24,12 +24,20 @@ import time
 from pathlib import Path
 from typing import Any
 
-from fair_trl.demo.benchmark import ORACLE_RULE_NAME
-from fair_trl.demo.stats import excludes_zero
+import numpy as np
 
-__all__ = ["CONTROL", "TRIAL_LOG", "TRIAL_METHODS", "append_trial", "gate", "read_trials", "trial_record"]
+from fair_trl.demo.benchmark import ORACLE_RULE_NAME
+from fair_trl.demo.experiment import ExperimentSettings
+from fair_trl.demo.stats import excludes_zero, paired_difference
+
+__all__ = [
+    "CONTROL", "QUICK_SEEDS", "TRIAL_FIELDS", "TRIAL_LOG", "TRIAL_METHODS", "append_trial", "first_seeds_gate", "gate",
+    "gate_power", "power_text", "read_trials", "trial_record",
+]  # fmt: skip
 
 CONTROL = "oracle_oversampling"
+# The quick demo's seeds (`make demo`): the gate must hold there too, not only in a study with more.
+QUICK_SEEDS = ExperimentSettings.__dataclass_fields__["seeds"].default
 TRIAL_METHODS = ("grpo", CONTROL)
 TRIAL_LOG = Path("reports/demo/instrument_trials.jsonl")
 # Settings a trial is described by (the rest, like workers or n_bootstrap, do not change its runs).
@@ -86,6 +94,56 @@ def gate(results: dict[str, Any]) -> dict[str, Any]:
             "and no method's ΔF1 row below is evidence either way."
         )
     return {"valid": cuts and gains, "delta_f1": diff, "grpo_f1_change": learns, "text": text}
+
+
+def first_seeds_gate(results: dict[str, Any], seeds: int = QUICK_SEEDS) -> dict[str, Any] | None:
+    """The gate on a run's first `seeds` seeds, as the quick demo would see it; None if it has fewer or no control.
+
+    Both parts as in `gate`: the control's paired ΔF1 difference to GRPO must have a 95% t interval below 0,
+    and GRPO's mean F1 change from its warm start must be at least 0.
+    """
+    control = results["methods"].get(CONTROL)
+    if control is None or len(control["seeds"]) < seeds:
+        return None
+    diff = paired_difference(control["vs_grpo"]["delta_f1"]["values"][:seeds], [0.0] * seeds)
+    learns = float(np.mean(results["methods"]["grpo"]["vs_warm_start"]["f1"]["values"][:seeds]))
+    return {"valid": bool(diff["ci"][1] < 0 and learns >= 0), "delta_f1": diff, "grpo_f1_change": learns}
+
+
+def gate_power(results: dict[str, Any], seeds: int = QUICK_SEEDS, target: float = 0.8) -> dict[str, Any] | None:
+    """How often a fresh run of `seeds` seeds would see the control's cut; None without a control or 3 seeds.
+
+    Takes the mean and sd of this run's paired control - GRPO ΔF1 differences as the truth: a `seeds`-seed
+    t interval then lies wholly below 0 with the probability a noncentral t gives. ``seeds_for_target``: the
+    fewest seeds for which that probability reaches `target` (None if more than 200). Near the noise, one
+    machine's quick gate can be valid and another's not; this says how often to expect which.
+    """
+    from scipy import stats
+
+    control = results["methods"].get(CONTROL)
+    if control is None:
+        return None
+    d = np.asarray(control["vs_grpo"]["delta_f1"]["values"], dtype=float)
+    if len(d) < 3 or d.std(ddof=1) == 0:
+        return None
+    mean, sd = float(d.mean()), float(d.std(ddof=1))
+
+    def chance(n: int) -> float:
+        return float(stats.nct.cdf(-stats.t.ppf(0.975, n - 1), n - 1, mean * np.sqrt(n) / sd))
+
+    needed = next((n for n in range(2, 201) if chance(n) >= target), None)
+    return {"chance": chance(seeds), "seeds": seeds, "seeds_for_target": needed, "target": target,
+            "mean": mean, "sd": sd, "from_seeds": len(d)}  # fmt: skip
+
+
+def power_text(power: dict[str, Any]) -> str:
+    needed, target = power["seeds_for_target"], power["target"]
+    more = f"{needed} seeds would see it {target:.0%} of the time" if needed else "no count up to 200 would"
+    return (
+        f"Taking the control's paired ΔF1 differences to GRPO here (mean {power['mean']:+.3f}, sd {power['sd']:.3f} "
+        f"over {power['from_seeds']} seeds) as the truth, a {power['seeds']}-seed run sees the control's cut (an "
+        f"interval below 0) with probability {power['chance']:.0%}; {more}."
+    )
 
 
 def trial_record(

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from fair_trl.demo.experiment import METHODS, ExperimentSettings
+from fair_trl.demo.instrument import gate_power
 
 __all__ = ["IGNORED_SETTINGS", "REFERENCE_DIR", "REFERENCE_RESULTS", "reference_check"]
 
@@ -99,4 +100,12 @@ def reference_check(results: dict[str, Any], reference: str | Path | None) -> di
         else:
             meaning = "not checked"
         lines.append(f"- {_label(method, results)}: {'; '.join(parts)}: {meaning}.")
+    power = gate_power(study)
+    if power is not None:
+        lines.append(
+            f"- The gate: the reference study's control gives a {power['seeds']}-seed run a {power['chance']:.0%} "
+            "chance of seeing its cut (a noncentral t from the study's paired differences), so a quick run's gate "
+            f"may be invalid on one machine and valid on another; {power['seeds_for_target'] or 'more than 200'} "
+            "seeds would see it 80% of the time."
+        )
     return {"checked": True, "reference": str(path), "methods": checked, "text": "\n".join(lines)}

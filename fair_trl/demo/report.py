@@ -16,7 +16,7 @@ import numpy as np
 from fair_trl.demo.benchmark import MIN_VISIBLE_ROWS, ORACLE_RULE, VISIBILITY_RULE
 from fair_trl.demo.evaluation import ATTRIBUTES
 from fair_trl.demo.experiment import METHODS, ExperimentSettings
-from fair_trl.demo.instrument import gate, read_trials
+from fair_trl.demo.instrument import gate, gate_power, power_text, read_trials
 from fair_trl.demo.noise import noise_check, noise_section
 from fair_trl.demo.reference import REFERENCE_RESULTS, reference_check
 from fair_trl.demo.stats import (
@@ -29,8 +29,10 @@ from fair_trl.demo.stats import (
     seed_summary,
 )
 
-__all__ = ["AIM", "ENDPOINTS", "analyse", "effect_word", "markdown", "meets_aim", "rebuild", "summary_markdown",
-           "write_report"]  # fmt: skip
+__all__ = [
+    "AIM", "ENDPOINTS", "analyse", "diff_text", "effect_word", "markdown", "markdown_table", "meets_aim", "rebuild",
+    "relative_text", "summary_markdown", "write_report",
+]  # fmt: skip
 
 # The target a method is judged by: Delta F1 and PP each at least 25% below GRPO's (the paired difference
 # relative to GRPO's mean), each with a 95% interval on the paired difference below 0, and mean F1 at most
@@ -208,10 +210,10 @@ def _verdict(methods: dict[str, Any], instrument: dict[str, Any]) -> dict[str, A
         if meets_aim(entry):
             reaching.append(name)
         endpoints = "; ".join(
-            f"{title} {_relative(vs[f'{e}_relative'], title)}: {words[name][e]}" for e, title in ENDPOINTS.items()
+            f"{title} {relative_text(vs[f'{e}_relative'], title)}: {words[name][e]}" for e, title in ENDPOINTS.items()
         )
         lines.append(
-            f"{entry['label']} ({vs['seeds']} seeds): {endpoints}; F1 {_diff(vs['f1'])}: "
+            f"{entry['label']} ({vs['seeds']} seeds): {endpoints}; F1 {diff_text(vs['f1'])}: "
             + ("reaches the aim." if name in reaching else "misses the aim.")
             + ("" if vs["f1"]["mean"] >= -AIM["max_f1_drop"] else " F1 drops by more than 0.01.")
         )
@@ -240,12 +242,12 @@ def _pm(summary: dict[str, Any]) -> str:
     return f"{summary['mean']:.3f} ± {summary['std']:.3f} [{summary['ci'][0]:.3f}, {summary['ci'][1]:.3f}]"
 
 
-def _diff(d: dict[str, Any]) -> str:
+def diff_text(d: dict[str, Any]) -> str:
     star = " *" if excludes_zero(d["ci"]) else ""
     return f"{d['mean']:+.3f} [{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}]{star}"
 
 
-def _relative(rel: dict[str, Any], metric: str = "ΔF1") -> str:
+def relative_text(rel: dict[str, Any], metric: str = "ΔF1") -> str:
     if not np.isfinite(rel["mean"]):
         return f"n/a (GRPO's {metric} is 0)"
     return f"{rel['mean']:+.0%} [{rel['ci'][0]:+.0%}, {rel['ci'][1]:+.0%}]"
@@ -263,15 +265,15 @@ def _secondary_table(methods: dict[str, Any]) -> list[str]:
     rows = []
     for e in methods.values():
         vs, start = e.get("vs_grpo"), e["vs_warm_start"]
-        versus = [_diff(vs[k]) for k in ("eod", "f1", "worst_group_exact", "planted_exact")] if vs else ["-"] * 4
-        rows.append([e["label"], str(len(e["seeds"])), *versus[:3], _diff(start["planted_exact"]), versus[3],
-                     _diff(vs["other_exact"]) if vs else "-"])  # fmt: skip
+        versus = [diff_text(vs[k]) for k in ("eod", "f1", "worst_group_exact", "planted_exact")] if vs else ["-"] * 4
+        rows.append([e["label"], str(len(e["seeds"])), *versus[:3], diff_text(start["planted_exact"]), versus[3],
+                     diff_text(vs["other_exact"]) if vs else "-"])  # fmt: skip
     header = ["method", "seeds", "EOD vs GRPO", "F1 vs GRPO", "worst-group exact vs GRPO",
               "planted exact gain since warm start", "planted gain vs GRPO", "others' exact vs GRPO"]  # fmt: skip
-    return _table(header, rows)
+    return markdown_table(header, rows)
 
 
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+def markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
     return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header), *("| " + " | ".join(r) + " |" for r in rows)]
 
 
@@ -337,7 +339,7 @@ def _step0_table(context: dict[str, Any]) -> list[str]:
         f"{step0['boxed']:.3f}",
     ]
     f1 = ["F1 (suite)", *(f"{step0['group_f1'][a][g]:.3f}" for a, g in groups), "", "", "", ""]
-    return _table(header, [row, f1])
+    return markdown_table(header, [row, f1])
 
 
 def markdown(results: dict[str, Any]) -> str:
@@ -378,7 +380,7 @@ def markdown(results: dict[str, Any]) -> str:
         "averaged over the age and sex attributes; exact is the share of answers naming exactly the reference labels.",
         "",
     ]
-    lines += _table(
+    lines += markdown_table(
         ["method", "F1", "Acc", "exact", "ΔF1", "EOD", "PP"],
         [[e["label"], *(_pm(e[k]) for k in ("f1", "acc", "exact", "delta_f1", "eod", "pp"))] for e in methods.values()],
     )
@@ -388,10 +390,11 @@ def markdown(results: dict[str, Any]) -> str:
         if "vs_grpo" not in e:
             continue
         vs = e["vs_grpo"]
-        rows.append([e["label"], e["role"], str(vs.get("seeds", len(vs["f1"]["values"]))), _diff(vs["delta_f1"]),
-                     _relative(vs["delta_f1_relative"]), _diff(vs["pp"]), _relative(vs["pp_relative"], "PP"),
-                     *(_diff(vs[k]) for k in ("f1", "exact", "eod"))])  # fmt: skip
-    lines += _table(
+        rows.append([e["label"], e["role"], str(vs.get("seeds", len(vs["f1"]["values"]))),
+                     diff_text(vs["delta_f1"]), relative_text(vs["delta_f1_relative"]), diff_text(vs["pp"]),
+                     relative_text(vs["pp_relative"], "PP"),
+                     *(diff_text(vs[k]) for k in ("f1", "exact", "eod"))])  # fmt: skip
+    lines += markdown_table(
         ["method", "role", "seeds", "ΔF1 diff", "ΔF1 change", "PP diff", "PP change", "F1 diff", "exact diff",
          "EOD diff"],
         rows,
@@ -404,7 +407,7 @@ def markdown(results: dict[str, Any]) -> str:
         lines += ["", "Variants and baselines:", ""]
         lines += [f"- {METHODS[m].label} ({METHODS[m].role}): {METHODS[m].description}" for m in variants]
     lines += ["", "## ΔF1 per attribute (mean ± std over seeds)", ""]
-    lines += _table(
+    lines += markdown_table(
         ["method", *(f"ΔF1 {a}" for a in ATTRIBUTES), *(f"EOD {a}" for a in ATTRIBUTES)],
         [
             [
@@ -420,7 +423,7 @@ def markdown(results: dict[str, Any]) -> str:
     groups = [(a, g) for a in ATTRIBUTES for g in methods["grpo"]["group_f1"][a]]
     for key, title in (("group_f1", "F1 (suite)"), ("group_exact", "exact-match accuracy")):
         lines += ["", f"## Per-group {title}, final checkpoint, mean over seeds", ""]
-        lines += _table(
+        lines += markdown_table(
             ["method", *(f"{a}={g}" for a, g in groups)],
             [[e["label"], *(f"{e[key][a].get(g, {'mean': float('nan')})['mean']:.3f}" for a, g in groups)]
              for e in methods.values()],
@@ -434,7 +437,7 @@ def markdown(results: dict[str, Any]) -> str:
         f"{data.get('distinct_references', '?')} distinct reference answers).",
         "",
     ]
-    lines += _table(
+    lines += markdown_table(
         ["method", *(f"seed {s}" for s in range(max(len(e["distinct_answers"]) for e in methods.values())))],
         [[e["label"], *map(str, e["distinct_answers"])] for e in methods.values()],
     )
@@ -512,13 +515,14 @@ def _instrument_section(results: dict[str, Any]) -> list[str]:
             "together, knowledge no method has) must cut ΔF1 versus GRPO at the final checkpoint with a paired 95% "
             f"interval that excludes 0. {log}:"
         )
-    lines = [results["gate"]["text"], "", description, ""]
+    power = gate_power(results)
+    lines = [results["gate"]["text"], *(["", power_text(power)] if power else []), "", description, ""]
     if trials:
         header = ["#", "settings (differences from today's defaults)"]
         header += ["control rule"] if two_part else []
         header += ["GRPO ΔF1", "control ΔF1", "control - GRPO ΔF1 [95% CI]"]
         header += ["GRPO F1 - warm start [95% CI]"] if two_part else []
-        lines += _table([*header, "gate", "min"], _trial_rows(trials, two_part))
+        lines += markdown_table([*header, "gate", "min"], _trial_rows(trials, two_part))
     else:
         lines.append("(no trials logged)")
     return lines
@@ -530,7 +534,7 @@ def _benchmark_section(context: dict[str, Any], data: dict[str, Any]) -> list[st
     if truth:
         lines += [truth["description"], ""]
         lines += ["Planted disadvantaged groups and their rules (label shift), per domain:", ""]
-        lines += _table(
+        lines += markdown_table(
             ["domain", "groups (shift)", "best achievable exact accuracy per group"],
             [
                 [
@@ -575,10 +579,10 @@ def summary_markdown(results: dict[str, Any]) -> str:
                 f"{e['f1']['mean']:.3f} ± {e['f1']['std']:.3f}",
                 f"{e['delta_f1']['mean']:.3f} ± {e['delta_f1']['std']:.3f}",
                 f"{e['exact']['mean']:.3f} ± {e['exact']['std']:.3f}",
-                _diff(vs["delta_f1"]) if vs else "-",
-                _relative(vs["delta_f1_relative"]) if vs else "-",
-                _relative(vs["pp_relative"], "PP") if vs else "-",
-                _diff(vs["f1"]) if vs else "-",
+                diff_text(vs["delta_f1"]) if vs else "-",
+                relative_text(vs["delta_f1_relative"]) if vs else "-",
+                relative_text(vs["pp_relative"], "PP") if vs else "-",
+                diff_text(vs["f1"]) if vs else "-",
             ]
         )
     lines = [
@@ -588,7 +592,7 @@ def summary_markdown(results: dict[str, Any]) -> str:
         f"step warm start; benchmark overrides: {_overrides(settings)}. Mean ± std over seeds at the final "
         "checkpoint; changes are paired by seed against GRPO with 95% t intervals (* = excludes 0).",
         "",
-        *_table(["method", "F1", "ΔF1", "exact", "ΔF1 vs GRPO", "ΔF1 change", "PP change", "F1 vs GRPO"], rows),
+        *markdown_table(["method", "F1", "ΔF1", "exact", "ΔF1 vs GRPO", "ΔF1 change", "PP change", "F1 vs GRPO"], rows),
         "",
         *results["verdict"]["text"].splitlines(),
         "",

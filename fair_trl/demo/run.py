@@ -147,13 +147,16 @@ def publish(output_dir: str | Path = DEFAULT_OUTPUT_DIR, reference_dir: str | Pa
     A folder named ``planting-NAME`` is one more planting beside the reference study in its parent; either
     way the reference folder's ``plantings.md`` is rewritten to list them all.
     """
-    from fair_trl.demo.plantings import plantings_root, write_plantings
+    from fair_trl.demo.plantings import check_same_settings, plantings_root, published_results, write_plantings
     from fair_trl.demo.plots import PLOTS
 
     source, target = Path(output_dir), Path(reference_dir)
     missing = [name for name in (*PUBLISHED, *PLOTS) if not (source / name).is_file()]
     if missing:
         raise FileNotFoundError(f"{source} is not a finished demo report: missing {missing}")
+    root = plantings_root(target)
+    after = {**published_results(root), target: json.loads((source / "results.json").read_text())}
+    check_same_settings(after, root)  # before anything is copied: a refused publish changes nothing
     target.mkdir(parents=True, exist_ok=True)
     for name in (*PUBLISHED, *PLOTS):
         shutil.copyfile(source / name, target / name)
