@@ -399,3 +399,27 @@ def test_resume_with_replaced_weights_or_another_dtype_is_refused_naming_it(vlm_
     shutil.copy(tmp_path / "other" / "model.safetensors", model / "model.safetensors")
     assert main(audit_args(model, tmp_path / "out", "--limit", "2")) == 2
     assert "fingerprint.model.files.model.safetensors:" in capsys.readouterr().err
+
+
+def test_a_sharded_audit_records_its_manifest_before_any_process_answers(vlm_dir, tmp_path):
+    """Process 1 may answer before process 0 reaches its check: its file must not be taken for another run's."""
+    from fair_trl.audit.run import record_manifest, run_audit, shard_file
+
+    rows = load_rows("synthetic", "test", options={"num_rows": ROWS})
+    processor = load_processor(vlm_dir)
+    settings = AuditSettings(model=vlm_dir, dataset="synthetic", dataset_options={"num_rows": ROWS},
+                             output_dir=str(tmp_path / "out"), batch_size=4, bootstrap=0, progress=False)  # fmt: skip
+    answers = [f"\\boxed{{{row['solution']}}}" for row in rows.dataset.remove_columns(["image", "prompt"])]
+
+    # Process 0 records the manifest, then (after the barrier) process 1 answers first, then process 0.
+    record_manifest(settings, rows)
+    first = run_audit(settings, rows=rows, backend=ScriptedBackend(processor, list(answers)), shard=(1, 2))
+    second = run_audit(settings, rows=rows, backend=ScriptedBackend(processor, list(answers)), shard=(0, 2))
+    assert first.answered + second.answered == len(rows) > 0
+    assert (tmp_path / "out" / shard_file(1, 2)).stat().st_size > 0
+
+    # Without the manifest first, process 1's answers look like another run's and process 0 stops.
+    settings.output_dir = str(tmp_path / "racing")
+    run_audit(settings, rows=rows, backend=ScriptedBackend(processor, list(answers)), shard=(1, 2))
+    with pytest.raises(ValueError, match="exists without audit.json"):
+        run_audit(settings, rows=rows, backend=ScriptedBackend(processor, list(answers)), shard=(0, 2))

@@ -99,6 +99,20 @@ def test_committed_report_lists_the_instrument_trial_log():
     assert all(set(t["settings"]) >= {"steps", "seeds", "benchmark"} for t in logged)
 
 
+def test_readme_quotes_instrument_trials_as_logged():
+    """Every "trial #N: MEAN [LOW, HIGH]" in the README is line N of the trial log: control - GRPO ΔF1."""
+    import re
+
+    from fair_trl.demo.instrument import read_trials
+
+    logged = read_trials(README.parent / "reports" / "demo" / "instrument_trials.jsonl")
+    quoted = re.findall(r"trial #(\d+): ([+-]\d\.\d{3}) \[([+-]\d\.\d{3}), ([+-]\d\.\d{3})\]", README.read_text())
+    assert quoted, "the README quotes no trial"
+    for number, *figures in quoted:
+        diff = logged[int(number) - 1]["control_vs_grpo_delta_f1"]
+        assert figures == [f"{diff['mean']:+.3f}", f"{diff['ci'][0]:+.3f}", f"{diff['ci'][1]:+.3f}"], number
+
+
 def test_make_demo_leaves_the_reference_report_alone():
     # `make demo` then `make test` on a fresh clone: the demo must not rewrite what this file checks.
     makefile = (README.parent / "Makefile").read_text()

@@ -36,6 +36,7 @@ __all__ = [
     "answer_rows",
     "audit",
     "merge_shards",
+    "record_manifest",
     "run_audit",
     "shard_file",
     "write_audit_report",
@@ -266,6 +267,18 @@ def merge_shards(out_dir: str | Path, world: int, order: Sequence[str]) -> Path:
     return target
 
 
+def record_manifest(settings: AuditSettings, rows: AuditRows) -> None:
+    """Check OUT against the audit it holds, if any (`_check_manifest`), and record this audit's manifest.
+
+    `run_audit` does this in process 0; a sharded audit calls it in process 0 before any process writes
+    its answers, or a fast process's file could be taken for another run's.
+    """
+    out = Path(settings.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    fingerprint = audit_fingerprint(rows, settings.model, settings.chat_template)
+    _check_manifest(out, {**settings.manifest(), "fingerprint": fingerprint}, settings.overwrite)
+
+
 def run_audit(
     settings: AuditSettings,
     *,
@@ -296,8 +309,7 @@ def run_audit(
         )
     out.mkdir(parents=True, exist_ok=True)
     if shard[0] == 0:
-        fingerprint = audit_fingerprint(rows, settings.model, settings.chat_template)
-        _check_manifest(out, {**settings.manifest(), "fingerprint": fingerprint}, settings.overwrite)
+        record_manifest(settings, rows)
     store = PredictionStore(out / shard_file(*shard))
     return answer_rows(
         backend,

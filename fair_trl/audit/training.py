@@ -19,7 +19,14 @@ from typing import Any
 from fair_trl.audit.backends import load_backend
 from fair_trl.audit.inputs import prepare_rows
 from fair_trl.audit.report import PLOT_FILES
-from fair_trl.audit.run import AuditProgress, AuditSettings, merge_shards, run_audit, write_audit_report
+from fair_trl.audit.run import (
+    AuditProgress,
+    AuditSettings,
+    merge_shards,
+    record_manifest,
+    run_audit,
+    write_audit_report,
+)
 
 __all__ = ["AUDIT_DIR", "audit_trained_model", "reproduce_command"]
 
@@ -81,10 +88,12 @@ def audit_trained_model(
         max_age=trainer.args.max_age,
         progress=accelerator.is_local_main_process,
     )
-    if rank == 0 and out.exists():  # a rerun of training audits the new model from scratch
-        shutil.rmtree(out)
-    accelerator.wait_for_everyone()  # before any process writes its file
     rows = prepare_rows(eval_dataset, source, split, attributes)
+    if rank == 0:
+        if out.exists():  # a rerun of training audits the new model from scratch
+            shutil.rmtree(out)
+        record_manifest(settings, rows)
+    accelerator.wait_for_everyone()  # before any process writes its file: theirs must find the manifest there
     engine = load_backend(backend, str(model_dir), settings.generation(), device=str(accelerator.device))
     progress = run_audit(settings, rows=rows, backend=engine, shard=(rank, world))
     if progress.image_errors and rank != 0:  # process 0's go into the report
