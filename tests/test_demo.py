@@ -908,3 +908,28 @@ def test_gate_power_is_how_often_a_quick_run_would_see_the_controls_cut(tmp_path
     last = reference_check(quick, path)["text"].splitlines()[-1]
     assert last.startswith(f"- The gate: the reference study's control gives a 5-seed run a {power['chance']:.0%}")
     assert f"{needed} seeds would see it 80% of the time" in last
+
+
+def test_reference_check_does_not_compare_controls_that_drew_by_different_rules(tmp_path):
+    control = (interval(-0.07, -0.03), interval(-0.1, 0.0))
+    fair = (interval(-0.05, -0.01),) * 2
+    reference = study(ExperimentSettings(seeds=20), fair_grpo=fair, oracle_oversampling=control)
+    reference["control_rule"] = "an earlier rule"
+    path = write_study(tmp_path / "results.json", reference)
+    quick = study(ExperimentSettings(), fair_grpo=(interval(-0.06, 0.0),) * 2, oracle_oversampling=control)
+    quick["control_rule"] = "today's rule"
+    check = reference_check(quick, path)
+    lines = check["text"].splitlines()
+    assert lines[-1] == (
+        "- GRPO + oracle oversampling: not checked: the study's control drew by another rule ('an earlier rule')."
+    )
+    assert check["methods"]["oracle_oversampling"] == {} and check["methods"]["fair_grpo"]["delta_f1"]["consistent"]
+    assert not any(line.startswith("- The gate:") for line in lines)  # the study's power is its own control's
+    # Nor may a planting beside the study have run another control.
+    from fair_trl.demo.plantings import check_same_settings
+
+    same = {"settings": ExperimentSettings().to_dict(), "control_rule": "an earlier rule"}
+    check_same_settings({tmp_path: same, tmp_path / "planting-x": dict(same)}, tmp_path)
+    other = {**same, "control_rule": "a later rule"}
+    with pytest.raises(ValueError, match="planting-x ran at other settings.*the control's rule 'a later rule' there"):
+        check_same_settings({tmp_path: same, tmp_path / "planting-x": other}, tmp_path)

@@ -123,7 +123,7 @@ def gate_power(results: dict[str, Any], seeds: int = QUICK_SEEDS, target: float 
     control = results["methods"].get(CONTROL)
     if control is None:
         return None
-    d = np.asarray(control["vs_grpo"]["delta_f1"]["values"], dtype=float)
+    d = np.asarray(control.get("vs_grpo", {}).get("delta_f1", {}).get("values", []), dtype=float)
     if len(d) < 3 or d.std(ddof=1) == 0:
         return None
     mean, sd = float(d.mean()), float(d.std(ddof=1))

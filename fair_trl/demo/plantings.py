@@ -130,6 +130,9 @@ def check_same_settings(published: dict[Path, dict[str, Any]], root: Path) -> No
             for name in TRIAL_FIELDS
             if name not in _PER_PLANTING and results["settings"].get(name) != reference["settings"].get(name)
         ]
+        if results.get("control_rule") != reference.get("control_rule"):
+            rules = results.get("control_rule"), reference.get("control_rule")
+            differ.append(f"the control's rule {rules[0]!r} there, {rules[1]!r} in the study")
         if differ:
             raise ValueError(
                 f"{folder} ran at other settings than the reference study in {root}: {'; '.join(differ)}. "
