@@ -285,11 +285,14 @@ def run_audit(
     rows: AuditRows | None = None,
     backend: GenerationBackend | None = None,
     shard: tuple[int, int] = (0, 1),
+    manifest_recorded: bool = False,
 ) -> AuditProgress:
     """Answer the split into ``OUT/predictions.jsonl`` (resuming); the report is `fair_trl.audit.report`'s.
 
     `rows` and `backend` default to loading ``settings.dataset`` and ``settings.model``; the recipe passes
     its own test split. With `shard` = (rank, world) > 1 process, each writes its own file (`merge_shards`).
+    `manifest_recorded`: the caller ran `record_manifest` already (a sharded audit must, before any process
+    writes), so process 0 does not hash the weights and data again.
     """
     out = Path(settings.output_dir)
     check_output_dir(out, {"--model": settings.model, "--dataset": settings.dataset})
@@ -308,7 +311,7 @@ def run_audit(
             dtype=settings.dtype,
         )
     out.mkdir(parents=True, exist_ok=True)
-    if shard[0] == 0:
+    if shard[0] == 0 and not manifest_recorded:
         record_manifest(settings, rows)
     store = PredictionStore(out / shard_file(*shard))
     return answer_rows(

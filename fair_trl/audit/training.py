@@ -95,7 +95,7 @@ def audit_trained_model(
         record_manifest(settings, rows)
     accelerator.wait_for_everyone()  # before any process writes its file: theirs must find the manifest there
     engine = load_backend(backend, str(model_dir), settings.generation(), device=str(accelerator.device))
-    progress = run_audit(settings, rows=rows, backend=engine, shard=(rank, world))
+    progress = run_audit(settings, rows=rows, backend=engine, shard=(rank, world), manifest_recorded=True)
     if progress.image_errors and rank != 0:  # process 0's go into the report
         logger.warning("process %d: %d test rows not answered, their image did not decode: %s", rank,
                        len(progress.image_errors), progress.image_errors[:20])  # fmt: skip

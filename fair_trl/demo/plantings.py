@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from fair_trl.demo.experiment import DEMO_BENCHMARK, METHODS
-from fair_trl.demo.instrument import CONTROL, QUICK_SEEDS, TRIAL_FIELDS, first_seeds_gate, gate_power
-from fair_trl.demo.reference import REFERENCE_DIR
+from fair_trl.demo.instrument import CONTROL, QUICK_SEEDS, first_seeds_gate, gate_power
+from fair_trl.demo.reference import IGNORED_SETTINGS, REFERENCE_DIR, setting_differences
 from fair_trl.demo.report import diff_text, markdown_table, relative_text
 
 __all__ = [
@@ -26,8 +26,9 @@ PLANTINGS_FILE = "plantings.md"
 PLANTING_PREFIX = "planting-"
 # The methods the table follows across plantings: FairGRPO and the variant beyond the paper.
 JUDGED = ("fair_grpo", "guided_sampling", "fair_grpo_guided")
-# What may differ between the reference study and a planting beside it: the planting, and how many seeds.
-_PER_PLANTING = ("benchmark", "seeds")
+# What may differ between the reference study and a planting beside it: the planting, and what a quick
+# run may differ in from the study (how many runs, nothing that changes one).
+_PER_PLANTING = ("benchmark", *IGNORED_SETTINGS)
 
 
 def plantings_root(published: str | Path) -> Path:
@@ -126,9 +127,8 @@ def check_same_settings(published: dict[Path, dict[str, Any]], root: Path) -> No
         return
     for folder, results in published.items():
         differ = [
-            f"{name} {results['settings'].get(name)!r} there, {reference['settings'].get(name)!r} in the study"
-            for name in TRIAL_FIELDS
-            if name not in _PER_PLANTING and results["settings"].get(name) != reference["settings"].get(name)
+            f"{name} {here!r} there, {there!r} in the study"
+            for name, here, there in setting_differences(results["settings"], reference["settings"], _PER_PLANTING)
         ]
         if results.get("control_rule") != reference.get("control_rule"):
             rules = results.get("control_rule"), reference.get("control_rule")

@@ -18,7 +18,7 @@ from typing import Any
 from fair_trl.demo.experiment import METHODS, ExperimentSettings
 from fair_trl.demo.instrument import CONTROL, gate_power
 
-__all__ = ["IGNORED_SETTINGS", "REFERENCE_DIR", "REFERENCE_RESULTS", "reference_check"]
+__all__ = ["IGNORED_SETTINGS", "REFERENCE_DIR", "REFERENCE_RESULTS", "reference_check", "setting_differences"]
 
 REFERENCE_DIR = Path("reports/demo")
 REFERENCE_RESULTS = REFERENCE_DIR / "results.json"
@@ -31,16 +31,18 @@ def _no_check(path: Path, why: str) -> dict[str, Any]:
     return {"checked": False, "reference": str(path), "methods": {}, "text": f"No reference check: {why}."}
 
 
-def _differences(ours: dict[str, Any], theirs: dict[str, Any]) -> list[str]:
-    """'name (VALUE here, VALUE there)' of every setting that changes a run; a missing one is at its default."""
+def setting_differences(
+    ours: dict[str, Any], theirs: dict[str, Any], ignored: tuple[str, ...] = IGNORED_SETTINGS
+) -> list[tuple[str, Any, Any]]:
+    """(name, ours, theirs) of every setting that changes a run, `ignored` aside; a missing one is at its default."""
     defaults = ExperimentSettings().to_dict()
     out = []
     for name in sorted(set(ours) | set(theirs)):
-        if name in IGNORED_SETTINGS:
+        if name in ignored:
             continue
         here, there = ours.get(name, defaults.get(name)), theirs.get(name, defaults.get(name))
         if here != there:
-            out.append(f"{name} ({here} here, {there} there)")
+            out.append((name, here, there))
     return out
 
 
@@ -62,7 +64,8 @@ def reference_check(results: dict[str, Any], reference: str | Path | None) -> di
     study = json.loads(path.read_text())
     if "settings" not in study or not isinstance(study.get("methods"), dict):
         return _no_check(path, f"{path} has no settings or per-method results")
-    differ = _differences(results["settings"], study["settings"])
+    pairs = setting_differences(results["settings"], study["settings"])
+    differ = [f"{name} ({here} here, {there} there)" for name, here, there in pairs]
     if differ:
         return _no_check(path, f"this run's settings differ from the reference study's ({path}) in {', '.join(differ)}")
     shared = [m for m, e in results["methods"].items() if "vs_grpo" in e and "vs_grpo" in study["methods"].get(m, {})]
@@ -73,8 +76,9 @@ def reference_check(results: dict[str, Any], reference: str | Path | None) -> di
         f"Against the reference study {path}: does this run's 95% interval on each paired difference to GRPO "
         "contain the study's estimate?"
     ]
+    same_control = study.get("control_rule") == results.get("control_rule")
     for method in shared:
-        if method == CONTROL and study.get("control_rule") != results.get("control_rule"):
+        if method == CONTROL and not same_control:
             # Another rule is another control: its effect says nothing about this one's.
             lines.append(f"- {_label(method, results)}: not checked: the study's control drew by another rule "
                          f"({study.get('control_rule')!r}).")  # fmt: skip
@@ -107,7 +111,7 @@ def reference_check(results: dict[str, Any], reference: str | Path | None) -> di
             meaning = "not checked"
         lines.append(f"- {_label(method, results)}: {'; '.join(parts)}: {meaning}.")
     power = gate_power(study)
-    if power is not None and study.get("control_rule") == results.get("control_rule"):
+    if power is not None and same_control:
         lines.append(
             f"- The gate: the reference study's control gives a {power['seeds']}-seed run a {power['chance']:.0%} "
             "chance of seeing its cut (a noncentral t from the study's paired differences), so a quick run's gate "
